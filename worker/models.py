@@ -1,0 +1,76 @@
+"""Values shared by the engine, the handlers and the provider layer (a leaf module).
+
+Outcomes are values, not exceptions: a handler returns exactly one of ``Ok``, ``Retry`` or
+``Reject`` and the engine dispatches on them exhaustively and persists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class RetryReason(StrEnum):
+    """Why a message is retried: the fixed, small label set of ``cleanup_retry_total{reason}``.
+
+    Never the raw error text — the original's unbounded label was a cardinality bomb.
+    """
+
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER_ERROR = "server_error"  # 5xx, 408
+    TIMEOUT = "timeout"  # request timed out
+    CONNECTION = "connection"  # connect refused / reset
+    AUTH = "auth"  # 401 / 403: a configuration problem, alerted on
+    CONFLICT = "conflict"  # 409
+    NOT_DELETED = "not_deleted"  # 2xx with deleted: false
+    CONFIG = "config"  # unknown backend label, tenant without routing, missing key
+    CIRCUIT_OPEN = "circuit_open"  # upstream known broken: failed fast without a call
+    DATABASE = "database"  # PostgreSQL error while handling
+    PENDING = "pending"  # chat cleanup waits for attachments still pending
+    HANDLER_TIMEOUT = "handler_timeout"  # the handler outlived its budget
+    HANDLER_ERROR = "handler_error"  # a bug: unexpected exception in a handler
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery of an outbox message to a handler."""
+
+    queue: str
+    partition: int
+    seq: int
+    payload: bytes
+    payload_type: str
+    created_at: datetime
+    delivery: int  # 1 on the first delivery; counts crashed and retried deliveries too
+
+
+@dataclass(frozen=True)
+class Ok:
+    """Done (or nothing left to do): advance past the message."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again later; ``not_before_seconds`` is a lower bound from the provider (Retry-After)."""
+
+    reason: RetryReason
+    detail: str = ""
+    not_before_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Never succeeds as it is: dead-letter the message with this reason."""
+
+    reason: str
+
+
+Outcome = Ok | Retry | Reject
+
+
+class Handler(Protocol):
+    """What the engine calls for each message of a queue."""
+
+    async def __call__(self, message: Message) -> Outcome: ...
