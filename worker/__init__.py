@@ -1,3 +1,3 @@
-"""cleanup-worker: deletes provider files and vector stores of soft-deleted chats via a PostgreSQL outbox."""
+"""cleanup-worker: deletes provider files and vector stores of deleted chats via a PG outbox."""
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ class RetryReason(StrEnum):
     PENDING = "pending"  # chat cleanup waits for attachments still pending
     HANDLER_TIMEOUT = "handler_timeout"  # the handler outlived its budget
     HANDLER_ERROR = "handler_error"  # a bug: unexpected exception in a handler
+    INTERRUPTED = "interrupted"  # the worker shut down mid-message: due again at once
 
 
 @dataclass(frozen=True)

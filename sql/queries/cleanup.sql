@@ -1,0 +1,64 @@
+-- The cleanup handlers' reads and writes on the chat service's tables (system scope: no tenant
+-- filter, as in the original repositories). Every write is a compare-and-set on cleanup_status,
+-- so a redelivered message or both paths touching one attachment end in the same state.
+
+-- name: chat_is_deleted
+-- True when the chat exists and is soft-deleted (a missing chat is not "deleted").
+SELECT EXISTS (
+    SELECT 1 FROM chats WHERE id = %(chat_id)s AND deleted_at IS NOT NULL
+) AS deleted;
+
+-- name: mark_attachment_pending
+-- Take a deleted attachment into cleanup (the original never did on this path).
+UPDATE attachments
+SET cleanup_status = 'pending', cleanup_updated_at = now()
+WHERE id = %(attachment_id)s AND cleanup_status IS NULL;
+
+-- name: adopt_chat_attachments
+-- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
+-- whose own cleanup never started.
+UPDATE attachments
+SET cleanup_status = 'pending', cleanup_updated_at = now()
+WHERE chat_id = %(chat_id)s AND cleanup_status IS NULL;
+
+-- name: mark_cleanup_done
+-- pending -> done; 0 rows when already terminal (a stale redelivery).
+UPDATE attachments
+SET cleanup_status = 'done', cleanup_updated_at = now()
+WHERE id = %(attachment_id)s AND cleanup_status = 'pending';
+
+-- name: record_cleanup_attempt
+-- Count a failed attempt; the row turns 'failed' on the max-th one (or at once when permanent).
+-- Returns the new status; no row when it was already terminal.
+UPDATE attachments
+SET cleanup_status = CASE
+        WHEN %(permanent)s OR cleanup_attempts + 1 >= %(max_attempts)s THEN 'failed'
+        ELSE 'pending'
+    END,
+    cleanup_attempts = cleanup_attempts + 1,
+    last_cleanup_error = %(error)s,
+    cleanup_updated_at = now()
+WHERE id = %(attachment_id)s AND cleanup_status = 'pending'
+RETURNING cleanup_status;
+
+-- name: pending_attachments_of_chat
+-- Attachments of a chat still waiting for cleanup, deleted individually or not.
+SELECT id, tenant_id, storage_backend, provider_file_id
+FROM attachments
+WHERE chat_id = %(chat_id)s AND cleanup_status = 'pending'
+ORDER BY id;
+
+-- name: count_failed_attachments_of_chat
+-- Attachments of a chat whose cleanup ended in terminal failure (provider-file debt).
+SELECT count(*) AS failed FROM attachments
+WHERE chat_id = %(chat_id)s AND cleanup_status = 'failed';
+
+-- name: vector_store_of_chat
+-- The chat's vector-store row: while it exists, vector-store cleanup is outstanding.
+SELECT id, tenant_id, vector_store_id, provider
+FROM chat_vector_stores WHERE chat_id = %(chat_id)s
+LIMIT 1;
+
+-- name: delete_vector_store_row
+-- Hard-delete the vector-store row: the durable completion marker of a chat's cleanup.
+DELETE FROM chat_vector_stores WHERE id = %(id)s;

@@ -1,0 +1,197 @@
+"""Running the messages of a batch concurrently, and turning what they returned into rows.
+
+Each message runs in its own task under the global concurrency limit and a time budget; a
+handler's crash or hang becomes a Retry, never a lost message or a stuck partition. When the
+process is shutting down past its grace deadline, unfinished messages are interrupted and
+retried at once by whoever picks them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, assert_never
+
+import structlog
+
+from worker.errors import DatabaseUnavailable
+from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
+
+log = structlog.get_logger("worker.outbox")
+
+Kind = Literal["ok", "retry", "reject"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message plus where it came from (partition row, replayed dead letter, retry row)."""
+
+    message: Message
+    partition_id: int
+    dead_letter_id: int | None = None
+    retry_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Handled:
+    envelope: Envelope
+    outcome: Outcome
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter; a provider's Retry-After is a lower bound."""
+
+    base_seconds: float
+    max_seconds: float
+    max_deliveries: int
+    jitter: float = 0.2
+
+    def delay_seconds(self, delivery: int, hint: float | None, rng: random.Random) -> float:
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** max(0, delivery - 1))
+        backoff *= 1 + rng.uniform(-self.jitter, self.jitter)
+        return max(backoff, hint or 0.0)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How one delivery is persisted (see the record_outcomes statement)."""
+
+    handled: Handled
+    kind: Kind
+    reason: str
+    error: str
+    delay_seconds: float
+
+
+def settle(handled: Handled, policy: RetryPolicy, rng: random.Random) -> Settled:
+    """Decide what to write for an outcome; a Retry past max_deliveries becomes a dead letter."""
+    outcome = handled.outcome
+    delivery = handled.envelope.message.delivery
+    match outcome:
+        case Ok():
+            return Settled(handled, "ok", "", "", 0.0)
+        case Reject(reason=reason):
+            return Settled(handled, "reject", "reject", reason, 0.0)
+        case Retry(reason=reason, detail=detail, not_before_seconds=hint):
+            error = f"{reason.value}: {detail}" if detail else reason.value
+            if delivery >= policy.max_deliveries:
+                final = f"max deliveries ({policy.max_deliveries}) reached; last error: {error}"
+                return Settled(handled, "reject", "max_deliveries", final, 0.0)
+            if reason is RetryReason.INTERRUPTED:
+                return Settled(handled, "retry", reason.value, error, 0.0)
+            delay = policy.delay_seconds(delivery, hint, rng)
+            return Settled(handled, "retry", reason.value, error, delay)
+        case _:
+            assert_never(outcome)
+
+
+def outcome_params(rows: Sequence[Settled]) -> dict[str, list[Any]]:
+    """Column arrays for record_outcomes (one statement per batch, not one per message)."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "partition_ids", "seqs", "payloads", "payload_types", "created_ats", "kinds",
+            "reasons", "errors", "delays", "deliveries", "dead_letter_ids",
+        )
+    }  # fmt: skip
+    for row in rows:
+        envelope = row.handled.envelope
+        message = envelope.message
+        values: tuple[object, ...] = (
+            envelope.partition_id, message.seq, message.payload, message.payload_type,
+            message.created_at, row.kind, row.reason, row.error, row.delay_seconds,
+            message.delivery, envelope.dead_letter_id,
+        )  # fmt: skip
+        for column, value in zip(columns.values(), values, strict=True):
+            column.append(value)
+    return columns
+
+
+class Runner:
+    """Calls handlers under the global concurrency limit and a per-message time budget."""
+
+    def __init__(self, handlers: dict[str, Handler], *, concurrency: int, budget_seconds: float):
+        self._handlers = handlers
+        self._slots = asyncio.Semaphore(concurrency)
+        self._budget = budget_seconds
+
+    async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
+        """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
+        tasks = [asyncio.create_task(self._run_one(e), name=_task_name(e)) for e in envelopes]
+        aborted = asyncio.create_task(abort.wait())
+        pending: set[asyncio.Future[Any]] = set(tasks)
+        try:
+            while pending and not aborted.done():
+                _, pending = await asyncio.wait(
+                    pending | {aborted}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(aborted)
+        finally:
+            aborted.cancel()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return [
+            self._result(task, envelope) for task, envelope in zip(tasks, envelopes, strict=True)
+        ]
+
+    @staticmethod
+    def _result(task: asyncio.Task[Handled], envelope: Envelope) -> Handled:
+        if task.cancelled():
+            interrupted = Retry(RetryReason.INTERRUPTED, "worker shutting down")
+            return Handled(envelope, interrupted, 0.0)
+        return task.result()
+
+    async def _run_one(self, envelope: Envelope) -> Handled:
+        message = envelope.message
+        structlog.contextvars.bind_contextvars(
+            queue=message.queue, partition=message.partition, seq=message.seq,
+            delivery=message.delivery,
+        )  # fmt: skip
+        async with self._slots:
+            started = time.monotonic()
+            outcome = await self._call(message)
+            seconds = time.monotonic() - started
+        _log_outcome(outcome, seconds)
+        return Handled(envelope, outcome, seconds)
+
+    async def _call(self, message: Message) -> Outcome:
+        handler = self._handlers.get(message.queue)
+        if handler is None:
+            return Reject(f"no handler for queue {message.queue!r}")
+        try:
+            async with asyncio.timeout(self._budget):
+                return await handler(message)
+        except TimeoutError:
+            return Retry(RetryReason.HANDLER_TIMEOUT, f"handler exceeded {self._budget:g}s")
+        except DatabaseUnavailable as exc:
+            return Retry(RetryReason.DATABASE, str(exc))
+        except Exception as exc:  # a handler bug must not stall the partition
+            log.exception("handler_crashed")
+            return Retry(RetryReason.HANDLER_ERROR, type(exc).__name__)
+
+
+def _log_outcome(outcome: Outcome, seconds: float) -> None:
+    duration_ms = round(seconds * 1000, 1)
+    match outcome:
+        case Ok():
+            log.info("message_handled", outcome="ok", duration_ms=duration_ms)
+        case Retry(reason=reason, detail=detail):
+            log.warning(
+                "message_handled", outcome="retry", reason=reason.value, detail=detail,
+                duration_ms=duration_ms,
+            )  # fmt: skip
+        case Reject(reason=reason):
+            log.warning("message_handled", outcome="reject", reason=reason, duration_ms=duration_ms)
+        case _:
+            assert_never(outcome)
+
+
+def _task_name(envelope: Envelope) -> str:
+    message = envelope.message
+    return f"handle:{message.queue}:{message.partition}:{message.seq}"

@@ -1,0 +1,162 @@
+"""The outbox engine: one object per process that runs rounds of work and reports them.
+
+A round is "lease what is free, handle it, ack it". Rounds return values (RoundReport); the
+runtime decides how often to run them and what to log or count, so the engine has no loops,
+timers or metrics of its own and every behaviour can be tested one round at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from worker.config import OutboxConfig
+from worker.models import Handler
+from worker.outbox import processor, retrier
+from worker.outbox.delivery import Envelope, Handled, RetryPolicy, Runner, Settled, settle
+from worker.outbox.leases import heartbeat
+from worker.outbox.maintenance import sequence_queues, vacuum
+
+
+def new_worker_id() -> str:
+    """Unique per process boot: a restarted pod reuses its name but never this id."""
+    return f"{socket.gethostname()[:200]}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    batch_size: int
+    lease_seconds: float
+    concurrency: int
+    retry: RetryPolicy
+    handler_budget_seconds: float
+
+    @classmethod
+    def from_config(cls, outbox: OutboxConfig) -> EngineSettings:
+        return cls(
+            batch_size=outbox.batch_size,
+            lease_seconds=outbox.lease_seconds,
+            concurrency=outbox.concurrency,
+            retry=RetryPolicy(
+                outbox.retry.base_seconds, outbox.retry.max_seconds, outbox.retry.max_deliveries
+            ),
+            # The heartbeat keeps the lease while a handler runs; this bounds a hung one.
+            handler_budget_seconds=outbox.lease_seconds,
+        )
+
+
+@dataclass
+class RoundReport:
+    settled: list[Settled] = field(default_factory=list)
+    dead_lettered: int = 0
+    leases_lost: int = 0
+    partitions: int = 0
+
+    @property
+    def handled(self) -> int:
+        return len(self.settled)
+
+    def merge(self, other: RoundReport) -> None:
+        self.settled.extend(other.settled)
+        self.dead_lettered += other.dead_lettered
+        self.leases_lost += other.leases_lost
+        self.partitions += other.partitions
+
+
+class Engine:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        handlers: Mapping[str, Handler],
+        settings: EngineSettings,
+        *,
+        worker_id: str | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.pool = pool
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.queues = tuple(handlers)
+        self._rng = rng or random.Random()
+        self._runner = Runner(
+            dict(handlers),
+            concurrency=settings.concurrency,
+            budget_seconds=settings.handler_budget_seconds,
+        )
+
+    async def sequence(self) -> int:
+        return await sequence_queues(self.pool, self.queues)
+
+    async def vacuum(self) -> int:
+        return await vacuum(self.pool)
+
+    async def process_partitions(
+        self, queue: str, *, max_partitions: int, abort: asyncio.Event | None = None
+    ) -> RoundReport:
+        """Lease up to ``max_partitions`` partitions with work and process one batch of each."""
+        leases = await processor.lease_partitions(
+            self.pool, queue, worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds, limit=max_partitions,
+        )  # fmt: skip
+        reports = await asyncio.gather(
+            *(self._process_lease(lease, abort or asyncio.Event()) for lease in leases)
+        )
+        total = RoundReport()
+        for report in reports:
+            total.merge(report)
+        return total
+
+    async def _process_lease(
+        self, lease: processor.PartitionLease, abort: asyncio.Event
+    ) -> RoundReport:
+        envelopes = await processor.read_batch(self.pool, lease, limit=self.settings.batch_size)
+        if not envelopes:
+            await processor.release_lease(self.pool, lease, worker_id=self.worker_id)
+            return RoundReport()
+
+        async def extend() -> bool:
+            held = await processor.extend_leases(
+                self.pool, [lease.partition_id], worker_id=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+            )  # fmt: skip
+            return lease.partition_id in held
+
+        settled = await self._handle(envelopes, extend, abort)
+        acked, dead = await processor.ack_batch(self.pool, lease, settled, worker_id=self.worker_id)
+        return RoundReport(settled, dead, leases_lost=0 if acked else 1, partitions=1)
+
+    async def process_retries(
+        self, *, limit: int, abort: asyncio.Event | None = None
+    ) -> RoundReport:
+        """Lease up to ``limit`` due retry rows and handle them."""
+        envelopes = await retrier.lease_due_retries(
+            self.pool, self.queues, worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds, limit=limit,
+        )  # fmt: skip
+        if not envelopes:
+            return RoundReport()
+        ids = [e.retry_id for e in envelopes if e.retry_id is not None]
+
+        async def extend() -> bool:
+            held = await retrier.extend_retry_leases(
+                self.pool, ids, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
+            )
+            return len(held) == len(ids)
+
+        settled = await self._handle(envelopes, extend, abort or asyncio.Event())
+        acked, dead = await retrier.ack_retries(self.pool, settled, worker_id=self.worker_id)
+        return RoundReport(settled, dead, leases_lost=len(settled) - acked)
+
+    async def _handle(
+        self, envelopes: Sequence[Envelope], extend: processor.Extend, abort: asyncio.Event
+    ) -> list[Settled]:
+        async with heartbeat(extend, lease_seconds=self.settings.lease_seconds):
+            handled: list[Handled] = await self._runner.run_all(envelopes, abort)
+        return [settle(h, self.settings.retry, self._rng) for h in handled]

@@ -1,0 +1,60 @@
+"""Sequencer and vacuum: the outbox's housekeeping (SPEC §4.2, §4.7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg_pool import AsyncConnectionPool
+
+from worker.db import Conn
+from worker.db.pool import translate_errors
+from worker.db.queries import q
+
+SEQUENCE_CHUNK = 1000
+VACUUM_CHUNK = 5000
+
+
+async def sequence_queues(pool: AsyncConnectionPool, queues: Sequence[str]) -> int:
+    """Sequence every partition of ``queues`` that has incoming rows; returns rows moved."""
+    moved = 0
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("partitions_with_incoming"), {"queues": list(queues)})
+            partition_ids = [row[0] for row in await cur.fetchall()]
+            for partition_id in partition_ids:
+                moved += await _sequence_partition(conn, partition_id)
+    return moved
+
+
+async def _sequence_partition(conn: Conn, partition_id: int) -> int:
+    total = 0
+    while True:
+        cur = await conn.execute(
+            q("sequence_partition"), {"partition_id": partition_id, "limit": SEQUENCE_CHUNK}
+        )
+        row = await cur.fetchone()
+        moved = int(row[0]) if row else 0
+        total += moved
+        if moved < SEQUENCE_CHUNK:
+            return total
+
+
+async def vacuum(pool: AsyncConnectionPool, *, chunk: int = VACUUM_CHUNK) -> int:
+    """Delete processed outgoing rows and their bodies in bounded chunks; returns rows deleted."""
+    deleted = 0
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("vacuum_candidates"))
+            candidates = await cur.fetchall()
+            for partition_id, seen in candidates:
+                while True:
+                    cur = await conn.execute(
+                        q("vacuum_chunk"), {"partition_id": partition_id, "limit": chunk}
+                    )
+                    row = await cur.fetchone()
+                    count = int(row[0]) if row else 0
+                    deleted += count
+                    if count < chunk:
+                        break
+                await conn.execute(q("vacuum_settle"), {"partition_id": partition_id, "seen": seen})
+    return deleted

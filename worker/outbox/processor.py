@@ -1,0 +1,107 @@
+"""Partition processing (SPEC §4.3-4.5): lease, read a batch, handle it, ack under the lease.
+
+One ack transaction per batch: advance the cursor past the whole batch (guarded by
+``locked_by = me``), then persist dead letters and parked retries. A retried message never holds
+its partition back; it waits in the retry table instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from worker.db.pool import translate_errors
+from worker.db.queries import q
+from worker.models import Message
+from worker.outbox.delivery import Envelope, Settled, outcome_params
+
+Extend = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class PartitionLease:
+    queue: str
+    partition_id: int
+    partition: int
+    processed_seq: int
+    attempts: int  # raised by every lease: >1 means an earlier holder crashed or lost it
+
+
+async def lease_partitions(
+    pool: AsyncConnectionPool, queue: str, *, worker_id: str, lease_seconds: float, limit: int
+) -> list[PartitionLease]:
+    params = {
+        "queue": queue,
+        "worker_id": worker_id,
+        "lease_seconds": lease_seconds,
+        "limit": limit,
+    }
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("lease_partitions"), params)
+            rows = await cur.fetchall()
+    return [PartitionLease(queue, *row) for row in rows]
+
+
+async def read_batch(
+    pool: AsyncConnectionPool, lease: PartitionLease, *, limit: int
+) -> list[Envelope]:
+    params = {"partition_id": lease.partition_id, "after_seq": lease.processed_seq, "limit": limit}
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("read_batch"), params)
+            rows = await cur.fetchall()
+    return [
+        Envelope(
+            Message(lease.queue, lease.partition, seq, bytes(payload), payload_type, created_at,
+                    delivery=lease.attempts),
+            partition_id=lease.partition_id,
+            dead_letter_id=dead_letter_id,
+        )
+        for seq, payload, payload_type, created_at, dead_letter_id in rows
+    ]  # fmt: skip
+
+
+async def extend_leases(
+    pool: AsyncConnectionPool, partition_ids: Sequence[int], *, worker_id: str,
+    lease_seconds: float,
+) -> set[int]:  # fmt: skip
+    params = {"partition_ids": list(partition_ids), "worker_id": worker_id,
+              "lease_seconds": lease_seconds}  # fmt: skip
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("extend_leases"), params)
+            return {row[0] for row in await cur.fetchall()}
+
+
+async def release_lease(
+    pool: AsyncConnectionPool, lease: PartitionLease, *, worker_id: str
+) -> None:
+    with translate_errors():
+        async with pool.connection() as conn:
+            await conn.execute(
+                q("release_lease"), {"partition_id": lease.partition_id, "worker_id": worker_id}
+            )
+
+
+async def ack_batch(
+    pool: AsyncConnectionPool, lease: PartitionLease, settled: Sequence[Settled], *,
+    worker_id: str,
+) -> tuple[bool, int]:  # fmt: skip
+    """Advance past the batch and persist its outcomes; (False, 0) if the lease was lost."""
+    last_seq = max(s.handled.envelope.message.seq for s in settled)
+    worth_writing = [s for s in settled if s.kind != "ok" or s.handled.envelope.dead_letter_id]
+    guard = {"partition_id": lease.partition_id, "worker_id": worker_id, "last_seq": last_seq}
+    with translate_errors():
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(q("advance_cursor"), guard)
+            row = await cur.fetchone()
+            if not row or row[0] == 0:
+                return False, 0  # lost: nothing written; the batch is delivered again
+            if not worth_writing:
+                return True, 0
+            cur = await conn.execute(q("record_outcomes"), outcome_params(worth_writing))
+            counts = await cur.fetchone()
+    return True, int(counts[0]) if counts else 0

@@ -1,0 +1,66 @@
+"""Parked messages (SPEC §4.5): lease due retry rows one by one, handle them like first deliveries.
+
+Rows are leased per row with FOR UPDATE SKIP LOCKED, so replicas share them and a slow or broken
+tenant holds only its own rows, never a partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg_pool import AsyncConnectionPool
+
+from worker.db.pool import translate_errors
+from worker.db.queries import q
+from worker.models import Message
+from worker.outbox.delivery import Envelope, Settled, outcome_params
+
+
+async def lease_due_retries(
+    pool: AsyncConnectionPool, queues: Sequence[str], *, worker_id: str, lease_seconds: float,
+    limit: int,
+) -> list[Envelope]:  # fmt: skip
+    params = {"queues": list(queues), "worker_id": worker_id, "lease_seconds": lease_seconds,
+              "limit": limit}  # fmt: skip
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("lease_due_retries"), params)
+            rows = await cur.fetchall()
+    return [
+        Envelope(
+            Message(queue, partition, seq, bytes(payload), payload_type, created_at, deliveries),
+            partition_id=partition_id, dead_letter_id=dead_letter_id, retry_id=retry_id,
+        )
+        for (retry_id, queue, partition, partition_id, seq, payload, payload_type, created_at,
+             deliveries, dead_letter_id) in rows
+    ]  # fmt: skip
+
+
+async def extend_retry_leases(
+    pool: AsyncConnectionPool, retry_ids: Sequence[int], *, worker_id: str, lease_seconds: float
+) -> set[int]:
+    params = {"ids": list(retry_ids), "worker_id": worker_id, "lease_seconds": lease_seconds}
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("extend_retry_leases"), params)
+            return {row[0] for row in await cur.fetchall()}
+
+
+async def ack_retries(
+    pool: AsyncConnectionPool, settled: Sequence[Settled], *, worker_id: str
+) -> tuple[int, int]:
+    """Persist outcomes of the rows this process still holds; returns (acked, dead-lettered).
+
+    Rows whose lease was lost are left alone: their new holder finishes them.
+    """
+    ids = [s.handled.envelope.retry_id for s in settled]
+    with translate_errors():
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(q("lock_own_retries"), {"ids": ids, "worker_id": worker_id})
+            held = {row[0] for row in await cur.fetchall()}
+            mine = [s for s in settled if s.handled.envelope.retry_id in held]
+            if not mine:
+                return 0, 0
+            cur = await conn.execute(q("record_outcomes"), outcome_params(mine))
+            counts = await cur.fetchone()
+    return len(mine), int(counts[0]) if counts else 0

@@ -1,0 +1,126 @@
+"""The chat service's delete flows, each one transaction: soft-delete + cleanup message.
+
+Mirrors the seed (``attachment_service.rs`` and ``delete_chat``): a repeated delete is a no-op,
+an attachment referenced by a message is refused, and a failed enqueue rolls the soft-delete
+back. Used by Python producers, the tests and the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from worker.db import Conn
+from worker.db.queries import q
+from worker.errors import AttachmentLocked, Forbidden, NotFound
+from worker.outbox.enqueue import enqueue
+from worker.outbox.queues import partition_for
+
+
+@dataclass(frozen=True)
+class Queues:
+    """Where the two flows enqueue, and how many partitions each queue has."""
+
+    attachment_queue: str
+    attachment_partitions: int
+    chat_queue: str
+    chat_partitions: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def delete_attachment(
+    conn: Conn, queues: Queues, *, tenant_id: UUID, chat_id: UUID, attachment_id: UUID,
+    user_id: UUID,
+) -> bool:  # fmt: skip
+    """Soft-delete one attachment and enqueue ``attachment_deleted``; False if already deleted."""
+    async with conn.transaction():
+        await _require_owned_chat(conn, tenant_id=tenant_id, chat_id=chat_id, user_id=user_id)
+        row = await _attachment(conn, tenant_id, attachment_id)
+        if row is None or row[1] != chat_id:
+            raise NotFound(f"attachment {attachment_id} not found in chat {chat_id}")
+        _, _, uploaded_by, provider_file_id, storage_backend, kind, deleted_at = row
+        if uploaded_by != user_id:
+            raise Forbidden(f"attachment {attachment_id} was uploaded by another user")
+        if deleted_at is not None:
+            return False
+        cur = await conn.execute(
+            q("soft_delete_attachment"), {"attachment_id": attachment_id, "tenant_id": tenant_id}
+        )
+        if cur.rowcount == 0:
+            return await _explain_no_delete(conn, tenant_id, attachment_id)
+        event = {
+            "event_type": "attachment_deleted",
+            "tenant_id": str(tenant_id),
+            "chat_id": str(chat_id),
+            "attachment_id": str(attachment_id),
+            "provider_file_id": provider_file_id,
+            "vector_store_id": None,
+            "storage_backend": storage_backend,
+            "attachment_kind": kind,
+            "deleted_at": _now(),
+        }
+        await enqueue(
+            conn, queues.attachment_queue,
+            partition_for(tenant_id, queues.attachment_partitions), json.dumps(event).encode(),
+        )  # fmt: skip
+    return True
+
+
+async def delete_chat(
+    conn: Conn, queues: Queues, *, tenant_id: UUID, chat_id: UUID, user_id: UUID
+) -> UUID:
+    """Soft-delete a chat, mark its attachments pending, enqueue ``chat_soft_delete``.
+
+    Returns the event's ``system_request_id``. A second delete raises NotFound, as the original.
+    """
+    async with conn.transaction():
+        params = {"chat_id": chat_id, "tenant_id": tenant_id, "user_id": user_id}
+        cur = await conn.execute(q("soft_delete_chat"), params)
+        if await cur.fetchone() is None:
+            raise NotFound(f"chat {chat_id} not found")
+        await conn.execute(q("mark_attachments_pending_for_chat"), {"chat_id": chat_id})
+        request_id = uuid.uuid4()
+        event = {
+            "reason": "chat_soft_delete",
+            "tenant_id": str(tenant_id),
+            "chat_id": str(chat_id),
+            "system_request_id": str(request_id),
+            "chat_deleted_at": _now(),
+        }
+        await enqueue(
+            conn, queues.chat_queue, partition_for(chat_id, queues.chat_partitions),
+            json.dumps(event).encode(),
+        )  # fmt: skip
+    return request_id
+
+
+async def _require_owned_chat(conn: Conn, *, tenant_id: UUID, chat_id: UUID, user_id: UUID) -> None:
+    params = {"chat_id": chat_id, "tenant_id": tenant_id, "user_id": user_id}
+    cur = await conn.execute(q("owned_active_chat"), params)
+    if await cur.fetchone() is None:
+        raise NotFound(f"chat {chat_id} not found")
+
+
+async def _attachment(
+    conn: Conn, tenant_id: UUID, attachment_id: UUID
+) -> tuple[object, ...] | None:
+    params = {"attachment_id": attachment_id, "tenant_id": tenant_id}
+    cur = await conn.execute(q("attachment_in_tenant"), params)
+    return await cur.fetchone()
+
+
+async def _explain_no_delete(conn: Conn, tenant_id: UUID, attachment_id: UUID) -> bool:
+    """The guarded UPDATE matched nothing: deleted concurrently (fine) or referenced (409)."""
+    row = await _attachment(conn, tenant_id, attachment_id)
+    if row is not None and row[6] is None:
+        raise AttachmentLocked(
+            f"attachment {attachment_id} is referenced by one or more messages "
+            "and cannot be deleted"
+        )
+    return False
