@@ -3,12 +3,33 @@
 Key names are part of the product contract (SPEC §8). Durations carry their unit in the name.
 Secrets never live here: only the *name* of an environment variable or the *path* of a file
 that holds them, resolved by the provider layer when a client is built.
+
+``load_config`` layers, lowest to highest: dataclass defaults, the YAML file (``path`` or env
+``CLEANUP_WORKER_CONFIG``; none at all means defaults), env ``CLEANUP_WORKER__SECTION__KEY``
+overrides (levels split by ``__``, key names case-insensitive, values parsed as YAML scalars),
+env ``CLEANUP_WORKER_DSN``, then the ``dsn`` argument (``--dsn``). Every problem is one
+``ConfigError`` line naming the key path and where the value came from; values of secret-ish
+keys are never echoed and DSNs are shown through ``redact``. Ranges: ``config.example.yaml``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import difflib
+import functools
+import math
+import operator
+import re
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from worker.errors import ConfigError
 
 BackendKind = Literal["openai", "azure"]
 LogFormat = Literal["json", "console", "auto"]
@@ -109,3 +130,387 @@ class Config:
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+ENV_CONFIG, ENV_DSN, ENV_PREFIX = "CLEANUP_WORKER_CONFIG", "CLEANUP_WORKER_DSN", "CLEANUP_WORKER__"
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_YAML_WORDS = {"None": "null", "True": "true", "False": "false"}
+_SECRETISH = ("key", "password", "secret")  # values of such keys are never echoed
+_KeyPath = tuple[str, ...]
+
+# scheme://user:SECRET@host: greedy to the token's last '@' (over-redacting is the safe side).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)\S*@")
+# conninfo `password='a b'`, query `?password=x`, `PGPASSWORD=x`, YAML/JSON `"password": "x"`.
+_KV_PASSWORD = re.compile(
+    r"""(?i)(password["']?\s*[=:]\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&;,}]+)"""
+)
+
+
+def redact(text: str) -> str:
+    """Replace passwords in DSNs, URLs and conninfo strings found in ``text`` with ``***``."""
+    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    expect: str  # completes "expected ...": used for a wrong type and a bad value alike
+    ok: Callable[[Any], object]
+    norm: Callable[[Any], Any] = lambda v: v
+
+
+def _range(lo: float, hi: float, *, integer: bool = False, open_lo: bool = False) -> _Rule:
+    kind = "an integer" if integer else "a number"
+    if open_lo:
+        return _Rule(f"{kind} > {lo:g} and <= {hi:g}", lambda v: lo < v <= hi)
+    return _Rule(f"{kind} in {lo:g}..{hi:g}", lambda v: lo <= v <= hi)
+
+
+def _regex(expect: str, pattern: str) -> _Rule:
+    return _Rule(expect, re.compile(pattern).fullmatch)
+
+
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,30}[A-Za-z0-9])?")  # a VARCHAR(32) column
+_URL = _regex("an http(s) URL", r"https?://[^\s/?#]+\S*")
+_SECONDS, _INT_1K = _range(0, 3600, open_lo=True), _range(1, 1024, integer=True)
+_PER_BACKEND = {
+    "base_url": _URL,
+    "endpoint": _URL,
+    "api_version": _regex("an API version such as 2025-03-01-preview", r"\S+"),
+    "api_key_env": _regex(f"an environment variable name ({_ENV_NAME})", _ENV_NAME),
+    "api_key_file": _Rule("a non-empty file path", lambda v: v.strip() and "\0" not in v),
+    "timeout_seconds": _SECONDS,
+    "max_concurrency": _INT_1K,
+    "max_rps": _range(0, 100_000, open_lo=True),
+}
+_RULES: dict[tuple[type, str], _Rule] = {
+    **{(cls, k): r for cls in (BackendConfig, TenantOverride) for k, r in _PER_BACKEND.items()},
+    (DatabaseConfig, "dsn"): _Rule(
+        "a PostgreSQL URI (postgresql://...) or a key=value conninfo string",
+        lambda v: v.startswith(("postgresql://", "postgres://")) or ("=" in v and "://" not in v),
+    ),
+    (DatabaseConfig, "pool_min_size"): _range(0, 1000, integer=True),
+    (DatabaseConfig, "pool_max_size"): _range(1, 1000, integer=True),
+    (QueueConfig, "name"): _regex(
+        "a queue name of 1..1024 characters [A-Za-z0-9._-], starting and ending alphanumeric",
+        r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,1022}[A-Za-z0-9])?",
+    ),
+    (QueueConfig, "partitions"): _Rule(
+        "a power of two in 1..64", lambda v: v in (1, 2, 4, 8, 16, 32, 64)
+    ),
+    (RetryConfig, "base_seconds"): _range(0, 86400, open_lo=True),
+    (RetryConfig, "max_seconds"): _range(0, 86400, open_lo=True),
+    (RetryConfig, "max_deliveries"): _range(1, 1000, integer=True),
+    (OutboxConfig, "batch_size"): _range(1, 10_000, integer=True),
+    (OutboxConfig, "lease_seconds"): _range(5, 3600),
+    (OutboxConfig, "concurrency"): _INT_1K,
+    (OutboxConfig, "poll_interval_seconds"): _SECONDS,
+    (OutboxConfig, "vacuum_interval_seconds"): _range(0, 86400, open_lo=True),
+    (OutboxConfig, "shutdown_grace_seconds"): _SECONDS,
+    (CleanupConfig, "max_attempts"): _range(1, 999, integer=True),
+    (CleanupConfig, "file_concurrency"): _INT_1K,
+    (ObservabilityConfig, "http_host"): _regex("a host name or IP address", r"\S+"),
+    (ObservabilityConfig, "http_port"): _range(0, 65535, integer=True),
+    (ObservabilityConfig, "metrics_prefix"): _regex(
+        "a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)", r"[a-zA-Z_][a-zA-Z0-9_]*"
+    ),
+    (ObservabilityConfig, "log_level"): _Rule(
+        "one of " + ", ".join(LOG_LEVELS), lambda v: v.lower() in LOG_LEVELS, str.lower
+    ),
+    (ObservabilityConfig, "backlog_refresh_seconds"): _SECONDS,
+}
+
+
+_KEY_SOURCES = (
+    "set api_key_env (an environment variable name) or api_key_file (a file path, e.g. a "
+    "mounted secret)"
+)
+_TIMEOUT = "must be below half of outbox.lease_seconds ({:g}): a call must never outlive its lease"
+_OPS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "<=": (operator.le, "at most"),
+    ">": (operator.gt, "greater than"),
+    "!=": (operator.ne, "different from"),
+}
+_CROSS_KEY: tuple[tuple[_KeyPath, str, _KeyPath, str], ...] = (
+    (("database", "pool_min_size"), "<=", ("database", "pool_max_size"), ""),
+    (("outbox", "chat_queue", "name"), "!=", ("outbox", "attachment_queue", "name"), ""),
+    (("outbox", "retry", "base_seconds"), "<=", ("outbox", "retry", "max_seconds"), ""),
+    (
+        ("outbox", "retry", "max_deliveries"),
+        ">",
+        ("cleanup", "max_attempts"),
+        ": otherwise a chat-cleanup message is dead-lettered before its attachments reach a"
+        " terminal state (done or failed)",
+    ),
+)
+
+
+def _get(cfg: Config, path: _KeyPath) -> Any:
+    return functools.reduce(getattr, path, cfg)
+
+
+class _EnvText(str):
+    """An env override's raw text: kept as-is for string keys, parsed as YAML for the rest."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys instead of keeping the last silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        for i, (key_node, _) in enumerate(node.value):
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in keys[:i]:
+                problem = f"duplicate key '{key_node.value}'"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) not in (Union, types.UnionType):
+        return tp, False
+    return next(a for a in get_args(tp) if a is not type(None)), type(None) in get_args(tp)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and is_dataclass(tp)
+
+
+def _default_of(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
+    if get_origin(tp) is Literal:  # case-insensitive, normalised to the declared spelling
+        choice = value.lower() if isinstance(value, str) else None
+        return choice in get_args(tp), choice
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok and math.isfinite(value), float(value) if ok else None
+    return isinstance(value, tp) and (tp is bool or not isinstance(value, bool)), value
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string"}.get(tp, "true or false")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool | dict | list) or value is None:
+        return _YAML_WORDS.get(repr(value), f"a {type(value).__name__}")
+    text = redact(value if isinstance(value, str) else repr(value))
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return repr(text) if isinstance(value, str) else text
+
+
+def _fail(message: str) -> ConfigError:
+    return ConfigError("config error: " + message.replace("\r", " ").replace("\n", " "))
+
+
+class _Loader:
+    """Phase 1 merges every source into one raw tree with canonical keys, remembering where
+    each key came from; phase 2 builds the dataclasses; phase 3 checks cross-key rules."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, Any] = {}
+        self.sources: dict[_KeyPath, str] = {}
+
+    def source(self, path: _KeyPath, *related: _KeyPath) -> str:
+        exact = [self.sources[p] for p in (path, *related) if p in self.sources]
+        while path and path not in self.sources:  # else the nearest enclosing key's source
+            path = path[:-1]
+        return ", ".join(dict.fromkeys(exact)) or self.sources.get(path, "defaults")
+
+    def error(
+        self, path: _KeyPath, message: str, *related: _KeyPath, origin: str = ""
+    ) -> ConfigError:
+        where = ".".join(path) or "(top level)"
+        return _fail(f"{where}: {message} (from {origin or self.source(path, *related)})")
+
+    def merge(
+        self, tp: Any, dst: dict[str, Any], src: Any, path: _KeyPath, origin: str, fold: bool
+    ) -> None:
+        if not isinstance(src, dict):
+            raise self.error(path, f"expected a mapping, got {_show(src)}", origin=origin)
+        for raw_key, value in src.items():
+            key, sub_tp = self.child(tp, dst, str(raw_key), path, origin, fold)
+            sub = (*path, key)
+            self.sources[sub] = origin
+            if isinstance(value, _EnvText):
+                value = self.env_value(sub_tp, value, sub, origin)
+            if _is_dataclass_type(sub_tp) or get_origin(sub_tp) is dict:
+                value = {} if value is None else value  # an empty section means "all defaults"
+                self.merge(sub_tp, dst.setdefault(key, {}), value, sub, origin, fold)
+            else:
+                dst[key] = value
+
+    def child(
+        self, tp: Any, dst: dict[str, Any], key: str, path: _KeyPath, origin: str, fold: bool
+    ) -> tuple[str, Any]:
+        at = (*path, key)
+        if _is_dataclass_type(tp):  # key names are case-insensitive
+            hints, at = _hints(tp), (*path, key.lower())
+            if key.lower() in hints:
+                return key.lower(), hints[key.lower()]
+            if key.lower() == "api_key":
+                msg = "literal API keys are not accepted; " + _KEY_SOURCES
+            else:
+                close = difflib.get_close_matches(key.lower(), list(hints), n=1, cutoff=0.5)
+                msg = "unknown key; " + (
+                    f"did you mean '{'.'.join((*path, close[0]))}'?"
+                    if close
+                    else "valid keys: " + ", ".join(hints)
+                )
+            raise self.error(at, msg, origin=origin)
+        if path == ("providers", "tenants"):  # canonical lower-case UUID
+            try:
+                return str(uuid.UUID(key)), get_args(tp)[1]
+            except ValueError:
+                raise self.error(at, "tenant keys must be UUIDs", origin=origin) from None
+        if not _LABEL.fullmatch(key):
+            msg = "a backend label is 1..32 characters [A-Za-z0-9._-], alphanumeric at both ends"
+            raise self.error(at, msg, origin=origin)
+        if fold:  # env names are upper-case by habit: reuse a known label's spelling
+            known = [*dst, *self.tree.get("providers", {}).get("backends", {})]
+            key = next((k for k in known if k.lower() == key.lower()), key.lower())
+        return key, get_args(tp)[1]
+
+    def env_value(self, tp: Any, text: _EnvText, path: _KeyPath, origin: str) -> Any:
+        inner, optional = _unwrap_optional(tp)
+        if optional and not text:
+            return None  # an empty override unsets an optional key
+        if inner is str or get_origin(inner) is Literal:
+            return str(text)
+        try:
+            return yaml.safe_load(str(text))
+        except yaml.YAMLError:
+            raise self.error(path, "the value is not valid YAML", origin=origin) from None
+
+    def read_file(self, path: Path, how: str) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise _fail(f"config file {path} not found{how}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise _fail(f"cannot read config file {path}: {reason}{how}") from None
+        try:
+            data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: safe_load semantics
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+            raise _fail(f"{path}: invalid YAML at {at}: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise _fail(f"{path}: invalid YAML ({type(exc).__name__})") from None
+        if data is not None:
+            self.merge(Config, self.tree, data, (), str(path), fold=False)
+
+    def read_env(self, environ: Mapping[str, str]) -> None:
+        for name in sorted(environ):  # sorted: backends are known before tenants refer to them
+            if not name.upper().startswith(ENV_PREFIX):
+                continue
+            segments = name[len(ENV_PREFIX) :].split("__")
+            if not all(segments):
+                raise _fail(f"{name}: malformed name; use {ENV_PREFIX}SECTION__KEY")
+            nested: Any = _EnvText(environ[name])
+            for segment in reversed(segments):
+                nested = {segment: nested}
+            self.merge(Config, self.tree, nested, (), name, fold=True)
+
+    def build(self, tp: Any, raw: Any, path: _KeyPath, base: Any, rule: _Rule | None) -> Any:
+        inner, optional = _unwrap_optional(tp)
+        if _is_dataclass_type(inner):  # missing keys fall back to `base` (the default value)
+            kwargs, hints = {}, _hints(inner)
+            for f in fields(inner):
+                sub = (*path, f.name)
+                fallback = getattr(base, f.name) if base is not None else _default_of(f)
+                if f.name in raw:
+                    own = _RULES.get((inner, f.name))
+                    kwargs[f.name] = self.build(hints[f.name], raw[f.name], sub, fallback, own)
+                elif fallback is MISSING:
+                    raise self.error(sub, "required key is missing")
+                else:
+                    kwargs[f.name] = fallback
+            return inner(**kwargs)
+        if get_origin(inner) is dict:
+            value_tp = get_args(inner)[1]
+            return {k: self.build(value_tp, v, (*path, k), None, None) for k, v in raw.items()}
+        if raw is None and optional:
+            return None
+        ok, value = _coerce(inner, raw)
+        if ok and (rule is None or rule.ok(value)):
+            return rule.norm(value) if rule else value
+        expect = rule.expect if rule else _describe(inner)
+        secret = any(s in path[-1].lower() for s in _SECRETISH)
+        raise self.error(
+            path, f"expected {expect}, " + ("value not shown" if secret else f"got {_show(raw)}")
+        )
+
+    def check(self, cfg: Config) -> Config:
+        for at, op, other, why in _CROSS_KEY:
+            mine, theirs = _get(cfg, at), _get(cfg, other)
+            if not _OPS[op][0](mine, theirs):
+                message = f"must be {_OPS[op][1]} {'.'.join(other)} ({_show(theirs)}), got "
+                raise self.error(at, message + _show(mine) + why, other)
+        backends, lease = dict(cfg.providers.backends), cfg.outbox.lease_seconds
+        entries: list[tuple[_KeyPath, str, BackendConfig | TenantOverride]]
+        entries = [(("providers", "backends", k), b.kind, b) for k, b in backends.items()]
+        for tenant, overrides in cfg.providers.tenants.items():
+            for label, override in overrides.items():
+                at = ("providers", "tenants", tenant, label)
+                if label not in backends:
+                    known = ", ".join(backends) or "none"
+                    raise self.error(at, f"no backend has this label; configured: {known}")
+                entries.append((at, backends[label].kind, override))
+        for at, kind, e in entries:  # first problem wins: (key, message, related key)
+            full = isinstance(e, BackendConfig)  # a backend, not a tenant override
+            unused = ("endpoint", "api_version") if kind == "openai" else ("base_url",)
+            needed = ("endpoint", "api_version") if kind == "azure" and full else ()
+            keys = (e.api_key_env is not None) + (e.api_key_file is not None)
+            problems = [(n, f"not used by {kind} backends", n) for n in unused if getattr(e, n)]
+            problems += [
+                (n, "required for an azure backend", n) for n in needed if not getattr(e, n)
+            ]
+            if keys == 2:
+                problems.append(
+                    ("api_key_file", "conflicts with api_key_env: set only one", "api_key_env")
+                )
+            if keys == 0 and full:
+                problems.append(("api_key_env", "required: " + _KEY_SOURCES, "api_key_file"))
+            if isinstance(e, BackendConfig) and e.timeout_seconds >= lease / 2:
+                problems.append(("timeout_seconds", _TIMEOUT.format(lease / 2), "lease_seconds"))
+            if problems:
+                name, message, related = problems[0]
+                other = ("outbox", related) if related == "lease_seconds" else (*at, related)
+                raise self.error((*at, name), message, other)
+        for label, b in backends.items():
+            if b.kind == "openai" and b.base_url is None:
+                backends[label] = replace(b, base_url=OPENAI_DEFAULT_BASE_URL)
+        return replace(cfg, providers=replace(cfg.providers, backends=backends))
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str], dsn: str | None = None) -> Config:
+    """Load and validate the configuration; any problem raises a one-line ``ConfigError``."""
+    loader = _Loader()
+    if path is not None:
+        loader.read_file(Path(path), "")
+    elif environ.get(ENV_CONFIG):
+        loader.read_file(Path(environ[ENV_CONFIG]), f" (set by {ENV_CONFIG})")
+    loader.read_env(environ)
+    for value, origin in ((environ.get(ENV_DSN) or None, ENV_DSN), (dsn, "--dsn")):
+        if value is not None:
+            loader.merge(Config, loader.tree, {"database": {"dsn": value}}, (), origin, False)
+    cfg = loader.build(Config, loader.tree, (), Config(), None)
+    assert isinstance(cfg, Config)
+    return loader.check(cfg)

@@ -8,11 +8,17 @@ SELECT EXISTS (
     SELECT 1 FROM chats WHERE id = %(chat_id)s AND deleted_at IS NOT NULL
 ) AS deleted;
 
--- name: mark_attachment_pending
--- Take a deleted attachment into cleanup (the original never did on this path).
-UPDATE attachments
-SET cleanup_status = 'pending', cleanup_updated_at = now()
-WHERE id = %(attachment_id)s AND cleanup_status IS NULL;
+-- name: take_attachment
+-- Take a deleted attachment into cleanup (NULL -> pending; the original never did on this path)
+-- and return its cleanup status; no row when the attachment no longer exists.
+WITH marked AS (
+    UPDATE attachments
+    SET cleanup_status = 'pending', cleanup_updated_at = now()
+    WHERE id = %(attachment_id)s AND cleanup_status IS NULL
+    RETURNING cleanup_status
+)
+SELECT coalesce((SELECT cleanup_status FROM marked), a.cleanup_status) AS cleanup_status
+FROM attachments a WHERE a.id = %(attachment_id)s;
 
 -- name: adopt_chat_attachments
 -- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
@@ -22,10 +28,11 @@ SET cleanup_status = 'pending', cleanup_updated_at = now()
 WHERE chat_id = %(chat_id)s AND cleanup_status IS NULL;
 
 -- name: mark_cleanup_done
--- pending -> done; 0 rows when already terminal (a stale redelivery).
+-- pending -> done; also failed -> done, because a delete the provider confirmed is the truth
+-- (a replayed dead letter). 0 rows when already done or missing.
 UPDATE attachments
 SET cleanup_status = 'done', cleanup_updated_at = now()
-WHERE id = %(attachment_id)s AND cleanup_status = 'pending';
+WHERE id = %(attachment_id)s AND cleanup_status IN ('pending', 'failed');
 
 -- name: record_cleanup_attempt
 -- Count a failed attempt; the row turns 'failed' on the max-th one (or at once when permanent).

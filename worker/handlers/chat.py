@@ -1,0 +1,117 @@
+"""Chat cleanup (``chat_soft_delete`` events, seed ``ChatCleanupHandler``).
+
+Deletes every pending file of a deleted chat concurrently (bounded), then — only once none is
+pending — its vector store, then hard-deletes the vector-store row: the durable marker that the
+chat is fully cleaned. Differs from the seed on purpose (SPEC §5): attachments deleted one by
+one before the chat whose cleanup never started are adopted and cleaned too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import assert_never
+
+import structlog
+
+from worker.handlers.files import (
+    VECTOR_STORE,
+    CleanupContext,
+    FileOutcome,
+    StillPending,
+    clean_file,
+)
+from worker.handlers.payloads import ChatSoftDeleted, InvalidPayload, parse_chat_soft_deleted
+from worker.handlers.repository import PendingAttachment, VectorStoreRow
+from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.providers.results import Deleted, Permanent, Transient
+
+log = structlog.get_logger("worker.handlers")
+
+
+class ChatCleanupHandler:
+    def __init__(self, ctx: CleanupContext, *, file_concurrency: int):
+        self._ctx = ctx
+        self._file_concurrency = file_concurrency
+
+    async def __call__(self, message: Message) -> Outcome:
+        try:
+            event = parse_chat_soft_deleted(message.payload, message.payload_type)
+        except InvalidPayload as exc:
+            return Reject(f"invalid payload: {exc}")
+        structlog.contextvars.bind_contextvars(
+            tenant_id=str(event.tenant_id), chat_id=str(event.chat_id)
+        )
+        started = time.monotonic()
+        outcome = await self._clean(event)
+        self._ctx.metrics.observe_cleanup_latency("chat_cleanup", time.monotonic() - started)
+        return outcome
+
+    async def _clean(self, event: ChatSoftDeleted) -> Outcome:
+        repo = self._ctx.repo
+        if not await repo.chat_is_deleted(event.chat_id):
+            return Reject("chat is not soft-deleted (active or missing)")
+        await repo.adopt_chat_attachments(event.chat_id)
+        still_pending = await self._clean_files(await repo.pending_attachments(event.chat_id))
+        if still_pending:
+            return _retry_for(still_pending)
+        vector_store = await repo.vector_store(event.chat_id)
+        if vector_store is None:
+            return Ok()
+        return await self._clean_vector_store(event, vector_store)
+
+    async def _clean_files(self, attachments: list[PendingAttachment]) -> list[StillPending]:
+        """Clean all files concurrently; returns the ones that stay pending."""
+        slots = asyncio.Semaphore(self._file_concurrency)
+
+        async def one(att: PendingAttachment) -> FileOutcome:
+            async with slots:
+                return await clean_file(
+                    self._ctx,
+                    attachment_id=att.id,
+                    tenant_id=att.tenant_id,
+                    label=att.storage_backend,
+                    file_id=att.provider_file_id,
+                )
+
+        outcomes = await asyncio.gather(*(one(att) for att in attachments))
+        return [o for o in outcomes if isinstance(o, StillPending)]
+
+    async def _clean_vector_store(self, event: ChatSoftDeleted, row: VectorStoreRow) -> Outcome:
+        repo, metrics = self._ctx.repo, self._ctx.metrics
+        if await repo.pending_attachments(event.chat_id):
+            return Retry(RetryReason.PENDING, "attachments became pending again")
+        failed = await repo.count_failed(event.chat_id)
+        if failed:
+            log.warning("vector_store_with_failed_attachments", failed_attachments=failed)
+            metrics.vector_store_with_failed_attachments()
+        if row.vector_store_id is not None:
+            started = time.monotonic()
+            result = await self._ctx.provider.delete_vector_store(
+                row.tenant_id, row.provider, row.vector_store_id
+            )
+            metrics.observe_cleanup_latency("delete_vector_store", time.monotonic() - started)
+            match result:
+                case Deleted():
+                    pass
+                case Transient(reason=reason, detail=detail, retry_after_seconds=after):
+                    metrics.cleanup_retry(VECTOR_STORE, reason)
+                    return Retry(reason, f"vector store: {detail}", after)
+                case Permanent(detail=detail):
+                    metrics.cleanup_failed(VECTOR_STORE)
+                    return Reject(f"provider refused the vector store delete: {detail}")
+                case _:
+                    assert_never(result)
+        await repo.delete_vector_store_row(row.id)
+        if row.vector_store_id is not None:
+            metrics.cleanup_completed(VECTOR_STORE)
+        log.info("vector_store_cleaned", vector_store_row=str(row.id))
+        return Ok()
+
+
+def _retry_for(pending: list[StillPending]) -> Retry:
+    """One Retry for the message: the first failure's reason, the longest Retry-After."""
+    hints = [p.retry_after_seconds for p in pending if p.retry_after_seconds is not None]
+    first = pending[0]
+    detail = f"{len(pending)} attachment(s) still pending; first: {first.detail}"
+    return Retry(first.reason, detail, max(hints) if hints else None)

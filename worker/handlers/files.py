@@ -1,0 +1,122 @@
+"""Deleting one attachment's provider file and recording the result on its row.
+
+Shared by both handlers, so the attachment path and the chat path record attempts, terminal
+failures and metrics identically (the original's two copies drifted apart).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol, assert_never
+from uuid import UUID
+
+import structlog
+
+from worker.handlers.repository import CleanupRepository
+from worker.models import RetryReason
+from worker.observability.metrics import Metrics
+from worker.providers.results import Deleted, DeleteResult, Permanent, Transient
+
+log = structlog.get_logger("worker.handlers")
+
+FILE = "file"
+VECTOR_STORE = "vector_store"
+
+
+class Provider(Protocol):
+    """What the handlers need from the provider layer (``ProviderGateway`` implements it)."""
+
+    async def delete_file(self, tenant_id: UUID, label: str, file_id: str) -> DeleteResult: ...
+
+    async def delete_vector_store(
+        self, tenant_id: UUID, label: str, vector_store_id: str
+    ) -> DeleteResult: ...
+
+
+@dataclass(frozen=True)
+class CleanupContext:
+    repo: CleanupRepository
+    provider: Provider
+    metrics: Metrics
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The file is gone (or there never was one) and the row says so, or the row is gone."""
+
+
+@dataclass(frozen=True)
+class StillPending:
+    reason: RetryReason
+    detail: str
+    retry_after_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The row reached the terminal ``failed`` state on this attempt."""
+
+    detail: str
+    permanent: bool  # the provider refused the request itself (not: attempts ran out)
+
+
+@dataclass(frozen=True)
+class NotPending:
+    """The attempt failed but the row was not pending: already terminal, or gone."""
+
+    result: Transient | Permanent
+
+
+FileOutcome = Done | StillPending | Failed | NotPending
+
+
+async def clean_file(
+    ctx: CleanupContext,
+    *,
+    attachment_id: UUID,
+    tenant_id: UUID,
+    label: str,
+    file_id: str | None,
+) -> FileOutcome:
+    """Delete the file (if any), then mark the row done or record the failed attempt."""
+    if file_id is None:
+        await ctx.repo.mark_done(attachment_id)
+        return Done()
+    started = time.monotonic()
+    result = await ctx.provider.delete_file(tenant_id, label, file_id)
+    ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
+    outcome = await _record(ctx, attachment_id, result)
+    log.info("attachment_cleaned", attachment_id=str(attachment_id), result=type(outcome).__name__)
+    return outcome
+
+
+async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult) -> FileOutcome:
+    match result:
+        case Deleted():
+            if await ctx.repo.mark_done(attachment_id):
+                ctx.metrics.cleanup_completed(FILE)
+            return Done()
+        case Transient() | Permanent():
+            status = await ctx.repo.record_attempt(
+                attachment_id,
+                result.detail,
+                max_attempts=ctx.max_attempts,
+                permanent=isinstance(result, Permanent),
+            )
+            return _after_attempt(ctx, status, result)
+        case _:
+            assert_never(result)
+
+
+def _after_attempt(
+    ctx: CleanupContext, status: str | None, result: Transient | Permanent
+) -> FileOutcome:
+    if status == "failed":
+        ctx.metrics.cleanup_failed(FILE)
+        return Failed(result.detail, permanent=isinstance(result, Permanent))
+    if status == "pending" and isinstance(result, Transient):
+        ctx.metrics.cleanup_retry(FILE, result.reason)
+        return StillPending(result.reason, result.detail, result.retry_after_seconds)
+    return NotPending(result)

@@ -1,0 +1,238 @@
+"""structlog setup for the daemon and the CLI, with secrets redacted from everything written.
+
+One pipeline renders both structlog events and stdlib records (psycopg, psycopg_pool, httpx2,
+openai: WARNING and above only) to one stream: one JSON object per line in production (or
+whenever the stream is not a TTY), a readable console line otherwise. Every value, nested
+dicts and formatted tracebacks included, goes through ``redact`` before rendering, because
+the things most likely to end up in a log line — exception text from psycopg and the SDK — are
+the ones that quote DSNs, headers and keys.
+
+Event vocabulary (stable: dashboards and tests match on it; context is bound once per task):
+
+``worker_started``       the daemon is up (version, replica id, queues)
+``batch_leased``         queue, partition, lease owner, batch size, first/last seq
+``message_handled``      the one canonical line per message outcome: queue, partition, seq,
+                         tenant_id, chat_id / attachment_id, outcome (ok|retry|reject), reason,
+                         duration_ms
+``retry_scheduled``      queue, partition, seq, delivery, reason, not_before
+``dead_lettered``        queue, partition, seq, reason
+``lease_lost``           queue, partition: the batch is rolled back and delivered again
+``database_unavailable`` the loop backs off (error class, next attempt in seconds)
+``database_recovered``   the first success after ``database_unavailable``
+``worker_stopping``      a signal arrived; no new leases
+``worker_stopped``       in-flight work finished or released
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from typing import IO, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from worker.config import redact as redact_dsn
+
+REDACTED = "***"
+# Libraries whose stdlib records join the pipeline; their INFO/DEBUG chatter stays out.
+LIBRARY_LOGGERS = ("psycopg", "psycopg_pool", "httpx2", "httpcore2", "openai")
+_SENSITIVE_KEY = re.compile(r"key|password|passwd|secret|token|authorization", re.IGNORECASE)
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # "Authorization: Bearer X", "'authorization': 'Basic X'", "api-key=X", "password = 'X'",
+    # "access_token: X" — the header / keyword / repr forms psycopg, httpx2 and openai produce.
+    (
+        re.compile(
+            r"""([\w-]*(?:authorization|api[-_]?key|password|passwd|pwd|secret|token)["']?"""
+            r"""\s*[:=]\s*(?:(?:bearer|basic|token)\s+)?)"""
+            r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s"',;&)}\]]+)""",
+            re.IGNORECASE,
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(\bbearer\s+)[\w\-.~+/]+=*", re.IGNORECASE), r"\1***"),
+    (re.compile(r"\bsk-[\w\-]{8,}"), REDACTED),  # OpenAI-style keys: sk-..., sk-proj-...
+)
+_MIN_SECRET_LENGTH = 4  # shorter values cannot be masked without mangling every line
+_MAX_DEPTH = 8
+_HANDLER_NAME = "cleanup-worker"
+
+
+class _SecretRegistry:
+    """Runtime secret values (API keys, the DSN password) masked wherever they appear."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        # The percent-encoded form is what appears inside a DSN URL.
+        forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+        with self._lock:
+            self._values |= {f for f in forms if len(f) >= _MIN_SECRET_LENGTH}
+            if self._values:
+                ordered = sorted(self._values, key=len, reverse=True)  # longest wins
+                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def mask(self, text: str) -> str:
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub(REDACTED, text)
+
+
+_secrets = _SecretRegistry()
+
+
+def register_secret(value: str) -> None:
+    """Mask every later occurrence of ``value`` in logs (API keys, DSN password, read at start)."""
+    _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and anything shaped like a credential replaced."""
+    text = redact_dsn(_secrets.mask(text))  # DSN forms are the config module's to know
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: object, depth: int = 0) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {
+            str(k): REDACTED if _SENSITIVE_KEY.search(str(k)) else _redact_value(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v, depth + 1) for v in value]
+    # Anything else (exceptions, UUIDs, objects with a __repr__) is rendered here, so the
+    # renderer never turns an unredacted repr into output.
+    return redact(str(value))
+
+
+def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: redact every value; drop values of secret-looking keys entirely."""
+    for key, value in event_dict.items():
+        if key in ("_record", "_from_structlog"):  # ProcessorFormatter's own bookkeeping
+            continue
+        if _SENSITIVE_KEY.search(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+class _LineSink:
+    """One stream and one lock for both pipelines, so lines from threads never interleave."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+class _SinkLogger:
+    """The structlog "wrapped logger": receives the rendered line, whatever the level."""
+
+    def __init__(self, sink: _LineSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _SinkHandler(logging.Handler):
+    """stdlib handler writing the ProcessorFormatter's line into the shared sink."""
+
+    def __init__(self, sink: _LineSink) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._sink.write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _parse_level(level: str) -> int:
+    number = logging.getLevelNamesMapping().get(level.strip().upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
+    return number
+
+
+def configure_logging(
+    *,
+    log_format: Literal["json", "console", "auto"],
+    level: str,
+    stream: IO[str] | None = None,
+) -> None:
+    """Route structlog and stdlib logging through one redacting pipeline into ``stream``.
+
+    ``stream`` defaults to stderr, keeping stdout for command output (``status --json``).
+    Safe to call again (tests, CLI re-configuration): the previous handler is replaced.
+    """
+    out = stream if stream is not None else sys.stderr
+    number = _parse_level(level)
+    use_json = log_format == "json" or (log_format == "auto" and not _isatty(out))
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=_isatty(out))
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text here so redact_event sees (and cleans) them.
+        structlog.processors.format_exc_info,
+        redact_event,
+    ]
+    sink = _LineSink(out)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=lambda *_args: _SinkLogger(sink),
+        # Not cached: tests swap the configuration (capture_logs) after loggers exist.
+        cache_logger_on_first_use=False,
+    )
+    handler = _SinkHandler(sink)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(number, logging.WARNING))
+    logging.getLogger("worker").setLevel(number)  # our own stdlib loggers, if any, at our level
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(number, logging.WARNING))
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or file-like without isatty
+        return False
