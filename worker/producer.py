@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from worker.db import Conn
@@ -35,9 +36,14 @@ def _now() -> str:
 
 
 async def delete_attachment(
-    conn: Conn, queues: Queues, *, tenant_id: UUID, chat_id: UUID, attachment_id: UUID,
+    conn: Conn,
+    queues: Queues,
+    *,
+    tenant_id: UUID,
+    chat_id: UUID,
+    attachment_id: UUID,
     user_id: UUID,
-) -> bool:  # fmt: skip
+) -> bool:
     """Soft-delete one attachment and enqueue ``attachment_deleted``; False if already deleted."""
     async with conn.transaction():
         await _require_owned_chat(conn, tenant_id=tenant_id, chat_id=chat_id, user_id=user_id)
@@ -54,21 +60,16 @@ async def delete_attachment(
         )
         if cur.rowcount == 0:
             return await _explain_no_delete(conn, tenant_id, attachment_id)
-        event = {
-            "event_type": "attachment_deleted",
-            "tenant_id": str(tenant_id),
-            "chat_id": str(chat_id),
-            "attachment_id": str(attachment_id),
-            "provider_file_id": provider_file_id,
-            "vector_store_id": None,
-            "storage_backend": storage_backend,
-            "attachment_kind": kind,
-            "deleted_at": _now(),
-        }
-        await enqueue(
-            conn, queues.attachment_queue,
-            partition_for(tenant_id, queues.attachment_partitions), json.dumps(event).encode(),
-        )  # fmt: skip
+        await enqueue_attachment_cleanup(
+            conn,
+            queues,
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            attachment_id=attachment_id,
+            provider_file_id=provider_file_id,
+            storage_backend=storage_backend,
+            attachment_kind=kind,
+        )
     return True
 
 
@@ -85,18 +86,51 @@ async def delete_chat(
         if await cur.fetchone() is None:
             raise NotFound(f"chat {chat_id} not found")
         await conn.execute(q("mark_attachments_pending_for_chat"), {"chat_id": chat_id})
-        request_id = uuid.uuid4()
-        event = {
-            "reason": "chat_soft_delete",
-            "tenant_id": str(tenant_id),
-            "chat_id": str(chat_id),
-            "system_request_id": str(request_id),
-            "chat_deleted_at": _now(),
-        }
-        await enqueue(
-            conn, queues.chat_queue, partition_for(chat_id, queues.chat_partitions),
-            json.dumps(event).encode(),
-        )  # fmt: skip
+        request_id = await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
+    return request_id
+
+
+async def enqueue_attachment_cleanup(
+    conn: Conn,
+    queues: Queues,
+    *,
+    tenant_id: UUID,
+    chat_id: UUID,
+    attachment_id: UUID,
+    provider_file_id: str | None,
+    storage_backend: str,
+    attachment_kind: str,
+) -> None:
+    """An ``attachment_deleted`` event as the original producer writes it (upstream §3.2)."""
+    event = {
+        "event_type": "attachment_deleted",
+        "tenant_id": str(tenant_id),
+        "chat_id": str(chat_id),
+        "attachment_id": str(attachment_id),
+        "provider_file_id": provider_file_id,
+        "vector_store_id": None,
+        "storage_backend": storage_backend,
+        "attachment_kind": attachment_kind,
+        "deleted_at": _now(),
+    }
+    partition = partition_for(tenant_id, queues.attachment_partitions)
+    await enqueue(conn, queues.attachment_queue, partition, json.dumps(event).encode())
+
+
+async def enqueue_chat_cleanup(
+    conn: Conn, queues: Queues, *, tenant_id: UUID, chat_id: UUID
+) -> UUID:
+    """A ``chat_soft_delete`` event (upstream §3.3); returns its ``system_request_id``."""
+    request_id = uuid.uuid4()
+    event = {
+        "reason": "chat_soft_delete",
+        "tenant_id": str(tenant_id),
+        "chat_id": str(chat_id),
+        "system_request_id": str(request_id),
+        "chat_deleted_at": _now(),
+    }
+    partition = partition_for(chat_id, queues.chat_partitions)
+    await enqueue(conn, queues.chat_queue, partition, json.dumps(event).encode())
     return request_id
 
 
@@ -109,7 +143,7 @@ async def _require_owned_chat(conn: Conn, *, tenant_id: UUID, chat_id: UUID, use
 
 async def _attachment(
     conn: Conn, tenant_id: UUID, attachment_id: UUID
-) -> tuple[object, ...] | None:
+) -> tuple[Any, ...] | None:
     params = {"attachment_id": attachment_id, "tenant_id": tenant_id}
     cur = await conn.execute(q("attachment_in_tenant"), params)
     return await cur.fetchone()

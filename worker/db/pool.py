@@ -10,7 +10,7 @@ import psycopg_pool
 
 from worker.config import redact
 from worker.db import Conn
-from worker.errors import DatabaseUnavailable
+from worker.errors import DatabaseUnavailable, SchemaError
 
 
 @contextmanager
@@ -18,6 +18,10 @@ def translate_errors() -> Iterator[None]:
     """Turn "cannot reach / lost the database" into DatabaseUnavailable; bugs stay raw."""
     try:
         yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise SchemaError(
+            f"database schema missing ({_first_line(exc)}): run `cleanup-worker migrate`"
+        ) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
         raise DatabaseUnavailable(f"database unavailable: {redact(_first_line(exc))}") from exc
 

@@ -54,7 +54,7 @@ class RetryPolicy:
     def delay_seconds(self, delivery: int, hint: float | None, rng: random.Random) -> float:
         backoff = min(self.max_seconds, self.base_seconds * 2 ** max(0, delivery - 1))
         backoff *= 1 + rng.uniform(-self.jitter, self.jitter)
-        return max(backoff, hint or 0.0)
+        return float(max(backoff, hint or 0.0))
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,35 @@ def outcome_params(rows: Sequence[Settled]) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
-            "partition_ids", "seqs", "payloads", "payload_types", "created_ats", "kinds",
-            "reasons", "errors", "delays", "deliveries", "dead_letter_ids",
+            "partition_ids",
+            "seqs",
+            "payloads",
+            "payload_types",
+            "created_ats",
+            "kinds",
+            "reasons",
+            "errors",
+            "delays",
+            "deliveries",
+            "dead_letter_ids",
         )
-    }  # fmt: skip
+    }
     for row in rows:
         envelope = row.handled.envelope
         message = envelope.message
         values: tuple[object, ...] = (
-            envelope.partition_id, message.seq, message.payload, message.payload_type,
-            message.created_at, row.kind, row.reason, row.error, row.delay_seconds,
-            message.delivery, envelope.dead_letter_id,
-        )  # fmt: skip
+            envelope.partition_id,
+            message.seq,
+            message.payload,
+            message.payload_type,
+            message.created_at,
+            row.kind,
+            row.reason,
+            row.error,
+            row.delay_seconds,
+            message.delivery,
+            envelope.dead_letter_id,
+        )
         for column, value in zip(columns.values(), values, strict=True):
             column.append(value)
     return columns
@@ -150,9 +167,11 @@ class Runner:
     async def _run_one(self, envelope: Envelope) -> Handled:
         message = envelope.message
         structlog.contextvars.bind_contextvars(
-            queue=message.queue, partition=message.partition, seq=message.seq,
+            queue=message.queue,
+            partition=message.partition,
+            seq=message.seq,
             delivery=message.delivery,
-        )  # fmt: skip
+        )
         async with self._slots:
             started = time.monotonic()
             outcome = await self._call(message)
@@ -183,9 +202,12 @@ def _log_outcome(outcome: Outcome, seconds: float) -> None:
             log.info("message_handled", outcome="ok", duration_ms=duration_ms)
         case Retry(reason=reason, detail=detail):
             log.warning(
-                "message_handled", outcome="retry", reason=reason.value, detail=detail,
+                "message_handled",
+                outcome="retry",
+                reason=reason.value,
+                detail=detail,
                 duration_ms=duration_ms,
-            )  # fmt: skip
+            )
         case Reject(reason=reason):
             log.warning("message_handled", outcome="reject", reason=reason, duration_ms=duration_ms)
         case _:

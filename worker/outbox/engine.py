@@ -54,20 +54,35 @@ class EngineSettings:
 
 @dataclass
 class RoundReport:
+    """What a round did: deliveries persisted by the ack, and those a lost lease threw away."""
+
     settled: list[Settled] = field(default_factory=list)
-    dead_lettered: int = 0
-    leases_lost: int = 0
+    lost: list[Settled] = field(default_factory=list)
     partitions: int = 0
 
     @property
     def handled(self) -> int:
         return len(self.settled)
 
+    @property
+    def dead_lettered(self) -> int:
+        return sum(1 for s in self.settled if s.kind == "reject")
+
+    @property
+    def leases_lost(self) -> int:
+        """Leases lost before the ack: a partition (its whole batch) or single retry rows."""
+        return len({_lease_key(s.handled.envelope) for s in self.lost})
+
     def merge(self, other: RoundReport) -> None:
         self.settled.extend(other.settled)
-        self.dead_lettered += other.dead_lettered
-        self.leases_lost += other.leases_lost
+        self.lost.extend(other.lost)
         self.partitions += other.partitions
+
+
+def _lease_key(envelope: Envelope) -> tuple[str, int | None]:
+    if envelope.retry_id is not None:
+        return "retry", envelope.retry_id
+    return "partition", envelope.partition_id
 
 
 class Engine:
@@ -102,9 +117,12 @@ class Engine:
     ) -> RoundReport:
         """Lease up to ``max_partitions`` partitions with work and process one batch of each."""
         leases = await processor.lease_partitions(
-            self.pool, queue, worker_id=self.worker_id,
-            lease_seconds=self.settings.lease_seconds, limit=max_partitions,
-        )  # fmt: skip
+            self.pool,
+            queue,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            limit=max_partitions,
+        )
         reports = await asyncio.gather(
             *(self._process_lease(lease, abort or asyncio.Event()) for lease in leases)
         )
@@ -123,23 +141,34 @@ class Engine:
 
         async def extend() -> bool:
             held = await processor.extend_leases(
-                self.pool, [lease.partition_id], worker_id=self.worker_id,
+                self.pool,
+                [lease.partition_id],
+                worker_id=self.worker_id,
                 lease_seconds=self.settings.lease_seconds,
-            )  # fmt: skip
+            )
             return lease.partition_id in held
 
         settled = await self._handle(envelopes, extend, abort)
-        acked, dead = await processor.ack_batch(self.pool, lease, settled, worker_id=self.worker_id)
-        return RoundReport(settled, dead, leases_lost=0 if acked else 1, partitions=1)
+        acked = await processor.ack_batch(self.pool, lease, settled, worker_id=self.worker_id)
+        if acked:
+            return RoundReport(settled, partitions=1)
+        return RoundReport(lost=settled, partitions=1)
 
     async def process_retries(
-        self, *, limit: int, abort: asyncio.Event | None = None
+        self,
+        *,
+        limit: int,
+        abort: asyncio.Event | None = None,
+        queues: Sequence[str] | None = None,
     ) -> RoundReport:
-        """Lease up to ``limit`` due retry rows and handle them."""
+        """Lease up to ``limit`` due retry rows (of ``queues``, default all) and handle them."""
         envelopes = await retrier.lease_due_retries(
-            self.pool, self.queues, worker_id=self.worker_id,
-            lease_seconds=self.settings.lease_seconds, limit=limit,
-        )  # fmt: skip
+            self.pool,
+            queues or self.queues,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            limit=limit,
+        )
         if not envelopes:
             return RoundReport()
         ids = [e.retry_id for e in envelopes if e.retry_id is not None]
@@ -151,8 +180,11 @@ class Engine:
             return len(held) == len(ids)
 
         settled = await self._handle(envelopes, extend, abort or asyncio.Event())
-        acked, dead = await retrier.ack_retries(self.pool, settled, worker_id=self.worker_id)
-        return RoundReport(settled, dead, leases_lost=len(settled) - acked)
+        held = await retrier.ack_retries(self.pool, settled, worker_id=self.worker_id)
+        return RoundReport(
+            settled=[s for s in settled if s.handled.envelope.retry_id in held],
+            lost=[s for s in settled if s.handled.envelope.retry_id not in held],
+        )
 
     async def _handle(
         self, envelopes: Sequence[Envelope], extend: processor.Extend, abort: asyncio.Event

@@ -55,21 +55,34 @@ async def read_batch(
             rows = await cur.fetchall()
     return [
         Envelope(
-            Message(lease.queue, lease.partition, seq, bytes(payload), payload_type, created_at,
-                    delivery=lease.attempts),
+            Message(
+                lease.queue,
+                lease.partition,
+                seq,
+                bytes(payload),
+                payload_type,
+                created_at,
+                delivery=lease.attempts,
+            ),
             partition_id=lease.partition_id,
             dead_letter_id=dead_letter_id,
         )
         for seq, payload, payload_type, created_at, dead_letter_id in rows
-    ]  # fmt: skip
+    ]
 
 
 async def extend_leases(
-    pool: AsyncConnectionPool, partition_ids: Sequence[int], *, worker_id: str,
+    pool: AsyncConnectionPool,
+    partition_ids: Sequence[int],
+    *,
+    worker_id: str,
     lease_seconds: float,
-) -> set[int]:  # fmt: skip
-    params = {"partition_ids": list(partition_ids), "worker_id": worker_id,
-              "lease_seconds": lease_seconds}  # fmt: skip
+) -> set[int]:
+    params = {
+        "partition_ids": list(partition_ids),
+        "worker_id": worker_id,
+        "lease_seconds": lease_seconds,
+    }
     with translate_errors():
         async with pool.connection() as conn:
             cur = await conn.execute(q("extend_leases"), params)
@@ -87,10 +100,13 @@ async def release_lease(
 
 
 async def ack_batch(
-    pool: AsyncConnectionPool, lease: PartitionLease, settled: Sequence[Settled], *,
+    pool: AsyncConnectionPool,
+    lease: PartitionLease,
+    settled: Sequence[Settled],
+    *,
     worker_id: str,
-) -> tuple[bool, int]:  # fmt: skip
-    """Advance past the batch and persist its outcomes; (False, 0) if the lease was lost."""
+) -> bool:
+    """Advance past the batch and persist its outcomes; False if the lease was lost."""
     last_seq = max(s.handled.envelope.message.seq for s in settled)
     worth_writing = [s for s in settled if s.kind != "ok" or s.handled.envelope.dead_letter_id]
     guard = {"partition_id": lease.partition_id, "worker_id": worker_id, "last_seq": last_seq}
@@ -99,9 +115,7 @@ async def ack_batch(
             cur = await conn.execute(q("advance_cursor"), guard)
             row = await cur.fetchone()
             if not row or row[0] == 0:
-                return False, 0  # lost: nothing written; the batch is delivered again
-            if not worth_writing:
-                return True, 0
-            cur = await conn.execute(q("record_outcomes"), outcome_params(worth_writing))
-            counts = await cur.fetchone()
-    return True, int(counts[0]) if counts else 0
+                return False  # lost: nothing written; the batch is delivered again
+            if worth_writing:
+                await conn.execute(q("record_outcomes"), outcome_params(worth_writing))
+    return True

@@ -17,11 +17,19 @@ from worker.outbox.delivery import Envelope, Settled, outcome_params
 
 
 async def lease_due_retries(
-    pool: AsyncConnectionPool, queues: Sequence[str], *, worker_id: str, lease_seconds: float,
+    pool: AsyncConnectionPool,
+    queues: Sequence[str],
+    *,
+    worker_id: str,
+    lease_seconds: float,
     limit: int,
-) -> list[Envelope]:  # fmt: skip
-    params = {"queues": list(queues), "worker_id": worker_id, "lease_seconds": lease_seconds,
-              "limit": limit}  # fmt: skip
+) -> list[Envelope]:
+    params = {
+        "queues": list(queues),
+        "worker_id": worker_id,
+        "lease_seconds": lease_seconds,
+        "limit": limit,
+    }
     with translate_errors():
         async with pool.connection() as conn:
             cur = await conn.execute(q("lease_due_retries"), params)
@@ -29,11 +37,23 @@ async def lease_due_retries(
     return [
         Envelope(
             Message(queue, partition, seq, bytes(payload), payload_type, created_at, deliveries),
-            partition_id=partition_id, dead_letter_id=dead_letter_id, retry_id=retry_id,
+            partition_id=partition_id,
+            dead_letter_id=dead_letter_id,
+            retry_id=retry_id,
         )
-        for (retry_id, queue, partition, partition_id, seq, payload, payload_type, created_at,
-             deliveries, dead_letter_id) in rows
-    ]  # fmt: skip
+        for (
+            retry_id,
+            queue,
+            partition,
+            partition_id,
+            seq,
+            payload,
+            payload_type,
+            created_at,
+            deliveries,
+            dead_letter_id,
+        ) in rows
+    ]
 
 
 async def extend_retry_leases(
@@ -48,8 +68,8 @@ async def extend_retry_leases(
 
 async def ack_retries(
     pool: AsyncConnectionPool, settled: Sequence[Settled], *, worker_id: str
-) -> tuple[int, int]:
-    """Persist outcomes of the rows this process still holds; returns (acked, dead-lettered).
+) -> set[int | None]:
+    """Persist outcomes of the rows this process still holds; returns their retry ids.
 
     Rows whose lease was lost are left alone: their new holder finishes them.
     """
@@ -57,10 +77,8 @@ async def ack_retries(
     with translate_errors():
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(q("lock_own_retries"), {"ids": ids, "worker_id": worker_id})
-            held = {row[0] for row in await cur.fetchall()}
+            held: set[int | None] = {row[0] for row in await cur.fetchall()}
             mine = [s for s in settled if s.handled.envelope.retry_id in held]
-            if not mine:
-                return 0, 0
-            cur = await conn.execute(q("record_outcomes"), outcome_params(mine))
-            counts = await cur.fetchone()
-    return len(mine), int(counts[0]) if counts else 0
+            if mine:
+                await conn.execute(q("record_outcomes"), outcome_params(mine))
+    return held

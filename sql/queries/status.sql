@@ -1,0 +1,81 @@
+-- Backlog and debt, for `cleanup-worker status`, the backlog gauges and the KEDA scaler.
+-- Each is index-backed or bounded by the (small) number of partitions.
+
+-- name: partition_backlog
+-- Per partition: messages not yet processed, the oldest one's age, and the lease.
+SELECT p.queue, p.partition,
+       (SELECT count(*) FROM modkit_outbox_incoming i WHERE i.partition_id = p.id)
+       + (SELECT count(*) FROM modkit_outbox_outgoing o
+          WHERE o.partition_id = p.id AND o.seq > pr.processed_seq) AS pending,
+       extract(epoch FROM now() - least(
+           (SELECT b.created_at FROM modkit_outbox_incoming i
+            JOIN modkit_outbox_body b ON b.id = i.body_id
+            WHERE i.partition_id = p.id ORDER BY i.id LIMIT 1),
+           (SELECT b.created_at FROM modkit_outbox_outgoing o
+            JOIN modkit_outbox_body b ON b.id = o.body_id
+            WHERE o.partition_id = p.id AND o.seq > pr.processed_seq ORDER BY o.seq LIMIT 1)
+       ))::float8 AS oldest_age_seconds,
+       pr.processed_seq, pr.attempts, pr.last_error,
+       CASE WHEN pr.locked_until > now() THEN pr.locked_by END AS leased_by
+FROM modkit_outbox_partitions p
+JOIN modkit_outbox_processor pr ON pr.partition_id = p.id
+WHERE p.queue = ANY(%(queues)s)
+ORDER BY p.queue, p.partition;
+
+-- name: retry_backlog
+-- Parked messages per queue: due now, waiting, and the oldest first failure.
+SELECT p.queue,
+       count(*) FILTER (WHERE r.not_before <= now()) AS due,
+       count(*) FILTER (WHERE r.not_before > now()) AS parked,
+       extract(epoch FROM now() - min(r.created_at))::float8 AS oldest_age_seconds,
+       extract(epoch FROM min(r.not_before) - now())::float8 AS next_due_in_seconds
+FROM cleanup_worker_retries r
+JOIN modkit_outbox_partitions p ON p.id = r.partition_id
+WHERE p.queue = ANY(%(queues)s)
+GROUP BY p.queue;
+
+-- name: dead_letter_backlog
+-- Dead letters per queue and status, with the oldest failure of each group.
+SELECT p.queue, d.status, count(*) AS count,
+       extract(epoch FROM now() - min(d.failed_at))::float8 AS oldest_age_seconds
+FROM modkit_outbox_dead_letters d
+JOIN modkit_outbox_partitions p ON p.id = d.partition_id
+WHERE p.queue = ANY(%(queues)s)
+GROUP BY p.queue, d.status;
+
+-- name: attachment_debt
+-- Attachments whose cleanup is pending or failed (the gauges; 'done' is history).
+SELECT cleanup_status, count(*) AS count FROM attachments
+WHERE cleanup_status IN ('pending', 'failed')
+GROUP BY cleanup_status;
+
+-- name: attachment_status_counts
+-- Attachments by cleanup_status, including done (for the status command, not the hot loop).
+SELECT coalesce(cleanup_status, 'none') AS cleanup_status, count(*) AS count
+FROM attachments WHERE deleted_at IS NOT NULL OR cleanup_status IS NOT NULL
+GROUP BY 1;
+
+-- name: outstanding_vector_stores
+-- Vector-store rows of soft-deleted chats: cleanup of those chats is not finished.
+SELECT count(*) AS count FROM chat_vector_stores v
+JOIN chats c ON c.id = v.chat_id
+WHERE c.deleted_at IS NOT NULL;
+
+-- name: outbox_backlog_total
+-- One number for autoscaling (KEDA): incoming + unprocessed outgoing + due retries.
+SELECT coalesce((SELECT count(*) FROM modkit_outbox_incoming), 0)
+     + coalesce((SELECT sum(cnt) FROM (
+           SELECT (SELECT count(*) FROM modkit_outbox_outgoing o
+                   WHERE o.partition_id = pr.partition_id AND o.seq > pr.processed_seq) AS cnt
+           FROM modkit_outbox_processor pr) s), 0)
+     + coalesce((SELECT count(*) FROM cleanup_worker_retries WHERE not_before <= now()), 0)
+       AS backlog;
+
+-- name: attachments_failed_since
+-- Attachments that reached terminal failure since a point in time (a drain pass's own debt).
+SELECT count(*) AS count FROM attachments
+WHERE cleanup_status = 'failed' AND cleanup_updated_at >= %(since)s;
+
+-- name: database_now
+-- The database's clock (drain measures "since" on the server, not on this host).
+SELECT now();

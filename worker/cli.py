@@ -1,0 +1,362 @@
+"""`cleanup-worker` (also `python -m worker`): thin click commands over the runtime.
+
+Each command parses options, loads the configuration, builds what it needs and runs one
+coroutine. ``main`` is the one place errors become a single stderr line and an exit code:
+0 ok, 1 work failed (drain produced terminal failures or dead letters), 2 usage or
+configuration, 3 database unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import click
+
+from worker import __version__, render
+from worker.config import LOG_LEVELS, Config, load_config
+from worker.db.migrate import migrate as apply_migrations
+from worker.db.pool import connect, translate_errors
+from worker.errors import (
+    CleanupWorkerError,
+    ConfigError,
+    DatabaseUnavailable,
+    OutboxError,
+    ProducerError,
+    SchemaError,
+    UsageError,
+)
+from worker.observability.logging import configure_logging
+from worker.outbox import dead_letters as dl
+from worker.producer import Queues
+from worker.runtime.app import open_app
+from worker.runtime.checks import check_config
+from worker.runtime.daemon import Daemon
+from worker.runtime.drain import drain as run_drain
+from worker.runtime.repair import retry_failed as run_retry_failed
+from worker.runtime.status import read_status
+
+T = TypeVar("T")
+EXIT_FAILED, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
+
+
+@dataclass
+class Globals:
+    config_path: Path | None
+    dsn: str | None
+    log_format: str | None
+    log_level: str | None
+
+    def load(self) -> Config:
+        config = load_config(self.config_path, environ=os.environ, dsn=self.dsn)
+        obs = config.observability
+        configure_logging(
+            log_format=self.log_format or obs.log_format,  # type: ignore[arg-type]
+            level=self.log_level or obs.log_level,
+        )
+        return config
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _queues(config: Config) -> Queues:
+    a, c = config.outbox.attachment_queue, config.outbox.chat_queue
+    return Queues(a.name, a.partitions, c.name, c.partitions)
+
+
+def _queue_names(config: Config) -> list[str]:
+    return [config.outbox.attachment_queue.name, config.outbox.chat_queue.name]
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    envvar="CLEANUP_WORKER_CONFIG",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML configuration file (env CLEANUP_WORKER_CONFIG).",
+)
+@click.option(
+    "--dsn",
+    envvar="CLEANUP_WORKER_DSN",
+    metavar="DSN",
+    help="PostgreSQL DSN; overrides database.dsn (env CLEANUP_WORKER_DSN).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console", "auto"]),
+    help="Log format; auto = console on a terminal, JSON otherwise.",
+)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False))
+@click.version_option(__version__, prog_name="cleanup-worker")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    dsn: str | None,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Deletes provider files and vector stores of deleted chats and attachments.
+
+    Reads the chat service's transactional outbox in PostgreSQL. Every key of the
+    configuration can be overridden with CLEANUP_WORKER__SECTION__KEY.
+    """
+    ctx.obj = Globals(config_path, dsn, log_format, log_level)
+
+
+@cli.command()
+@click.option(
+    "--with-app-schema",
+    is_flag=True,
+    help="Also create the chat-service tables (tests, demo, new installs).",
+)
+@click.pass_obj
+def migrate(g: Globals, with_app_schema: bool) -> None:
+    """Apply sql/ and register the queues (idempotent; safe from many replicas at once)."""
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                report = await apply_migrations(
+                    conn,
+                    queues=[config.outbox.attachment_queue, config.outbox.chat_queue],
+                    with_app_schema=with_app_schema,
+                )
+        applied = ", ".join(report.applied) or "nothing new"
+        click.echo(f"migrated: applied {applied}; queues {', '.join(report.queues)}")
+
+    _run(go())
+
+
+@cli.command()
+@click.pass_obj
+def run(g: Globals) -> int:
+    """Run the worker until SIGTERM/SIGINT (metrics, /healthz and /readyz on the HTTP port)."""
+    config = g.load()
+
+    async def go() -> int:
+        async with open_app(config, environ=dict(os.environ)) as app:
+            return await Daemon(app).run()
+
+    return _run(go())
+
+
+@cli.command()
+@click.option(
+    "--queue",
+    "queue_names",
+    multiple=True,
+    metavar="Q",
+    help="Only this queue (repeatable); default both.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this long even if work is left.",
+)
+@click.option(
+    "--until-empty",
+    is_flag=True,
+    help="Also wait for parked retries until none is left (bound it with --max-seconds).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def drain(
+    g: Globals,
+    queue_names: tuple[str, ...],
+    max_seconds: float | None,
+    until_empty: bool,
+    as_json: bool,
+) -> int:
+    """Process everything due once, then exit: 0 clean, 1 new failures or dead letters."""
+    config = g.load()
+    known = _queue_names(config)
+    unknown = [name for name in queue_names if name not in known]
+    if unknown:
+        raise UsageError(f"unknown queue {unknown[0]!r}: configured queues are {', '.join(known)}")
+    queues = list(queue_names) or known
+
+    async def go() -> int:
+        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        async with open_app(config, environ=dict(os.environ)) as app:
+            with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+                summary = await run_drain(
+                    app,
+                    queues=queues,
+                    max_seconds=max_seconds,
+                    until_empty=until_empty,
+                    progress=progress.update,
+                )
+        if as_json:
+            _emit_json(summary.as_json())
+        else:
+            click.echo(render.drain_summary(summary))
+        return 0 if summary.clean else EXIT_FAILED
+
+    return _run(go())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(g: Globals, as_json: bool) -> None:
+    """Backlog per queue and partition, leases, retries, dead letters, cleanup debt."""
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                report = await read_status(conn, _queue_names(config), all_attachments=True)
+        click.echo(
+            json.dumps(report.as_json(), indent=2, sort_keys=True, default=str)
+            if as_json
+            else render.status(report)
+        )
+
+    _run(go())
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect and repair messages that could not be processed."""
+
+
+@dead_letters.command("list")
+@click.option("--queue", metavar="Q", help="Only this queue.")
+@click.option("--status", type=click.Choice(dl.STATUSES), default="pending", show_default=True)
+@click.option("--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def dl_list(
+    g: Globals, queue: str | None, status: str, ids: tuple[int, ...], limit: int, as_json: bool
+) -> None:
+    """List dead letters (newest first)."""
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                rows = await dl.list_dead_letters(conn, dl.Filter(queue, status, ids, limit))
+        if as_json:
+            _emit_json([render.dead_letter_json(row) for row in rows])
+        else:
+            click.echo(render.dead_letters(rows))
+
+    _run(go())
+
+
+def _require_scope(queue: str | None, ids: tuple[int, ...], all_: bool) -> None:
+    if not (queue or ids or all_):
+        raise UsageError("say which dead letters: --id N, --queue Q, or --all")
+
+
+@dead_letters.command("replay")
+@click.option("--queue", metavar="Q")
+@click.option("--id", "ids", type=int, multiple=True)
+@click.option("--all", "all_", is_flag=True, help="Every pending dead letter.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@click.pass_obj
+def dl_replay(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool, limit: int) -> None:
+    """Re-enqueue pending dead letters; they end 'resolved' once processed."""
+    _require_scope(queue, ids, all_)
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
+        click.echo(f"replayed {len(done)} dead letter(s){render.id_list(done)}")
+
+    _run(go())
+
+
+@dead_letters.command("discard")
+@click.option("--queue", metavar="Q")
+@click.option("--id", "ids", type=int, multiple=True)
+@click.option("--all", "all_", is_flag=True, help="Every pending dead letter.")
+@click.pass_obj
+def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) -> None:
+    """Give up on pending dead letters (status 'discarded')."""
+    _require_scope(queue, ids, all_)
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
+        click.echo(f"discarded {len(done)} dead letter(s){render.id_list(done)}")
+
+    _run(go())
+
+
+@cli.command("retry-failed")
+@click.option("--chat-id", type=click.UUID, help="Only this chat.")
+@click.option("--all", "all_", is_flag=True, help="Every failed attachment and unfinished chat.")
+@click.pass_obj
+def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
+    """Reset failed cleanups to pending and enqueue their cleanup again."""
+    if (chat_id is None) == (not all_):
+        raise UsageError("give exactly one of --chat-id ID or --all")
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
+        click.echo(
+            f"reset {report.attachments_reset} failed attachment(s); enqueued "
+            f"{report.chat_messages} chat and {report.attachment_messages} attachment "
+            "cleanup message(s)"
+        )
+
+    _run(go())
+
+
+@cli.command("check-config")
+@click.pass_obj
+def check_config_cmd(g: Globals) -> int:
+    """Validate the configuration and reach the database; processes nothing."""
+    config = g.load()
+    report = _run(check_config(config, environ=dict(os.environ)))
+    click.echo(report.render())
+    return 0 if report.ok else EXIT_USAGE
+
+
+def exit_code(exc: CleanupWorkerError) -> int:
+    if isinstance(exc, DatabaseUnavailable):
+        return EXIT_DATABASE
+    if isinstance(exc, ConfigError | UsageError | SchemaError | OutboxError | ProducerError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and a documented exit code for every known failure."""
+    try:
+        result = cli.main(args=argv, prog_name="cleanup-worker", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except CleanupWorkerError as exc:
+        click.echo(f"cleanup-worker: {exc}", err=True)
+        sys.exit(exit_code(exc))
+    sys.exit(result if isinstance(result, int) else 0)

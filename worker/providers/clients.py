@@ -1,0 +1,126 @@
+"""SDK clients: one per route, cached, all on one shared httpx2 connection pool.
+
+Base URL, key and api-version are client-level in the SDK, so each route needs its own
+client; building one on a shared pool costs ~0.5 ms (~38 ms with its own pool). Closing any
+SDK client closes its http client, so cached clients are dropped, never closed: only the
+gateway closes the pool, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx2
+from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
+
+from worker.models import RetryReason
+from worker.providers.limits import Clock
+from worker.providers.results import Transient
+from worker.providers.routing import KeyUnavailable, Route, RouteId
+
+Operation = Literal["delete_file", "delete_vector_store"]
+
+# Connect fails fast (a dead host should not eat the whole attempt); capped by the attempt.
+CONNECT_TIMEOUT_SECONDS = 3.0
+
+
+def new_shared_pool() -> httpx2.AsyncClient:
+    """The one connection pool, with the SDK's defaults (1000 connections) but no redirects.
+
+    A DELETE is never legitimately redirected; following one would send the key elsewhere
+    and could turn a misrouted call into a 404 that reads as "deleted".
+    """
+    return DefaultAsyncHttpxClient(follow_redirects=False)
+
+
+def attempt_timeout(seconds: float) -> httpx2.Timeout:
+    """Timeouts for one attempt: the whole budget for read/write/pool, connect shorter."""
+    return httpx2.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT_SECONDS))
+
+
+def build_client(route: Route, api_key: str, pool: httpx2.AsyncClient) -> AsyncOpenAI:
+    """An SDK client for ``route`` on the shared pool, with SDK retries off (we own retries)."""
+    client: AsyncOpenAI
+    if route.kind == "azure":
+        client = AsyncAzureOpenAI(
+            api_key=api_key,
+            azure_endpoint=route.url,
+            api_version=route.api_version,
+            http_client=pool,
+            max_retries=0,
+            timeout=attempt_timeout(route.timeout_seconds),
+        )
+    else:
+        client = AsyncOpenAI(
+            api_key=api_key,
+            base_url=route.url,
+            http_client=pool,
+            max_retries=0,
+            timeout=attempt_timeout(route.timeout_seconds),
+        )
+    # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID when None is passed; one
+    # process-wide org must not leak onto every tenant's upstream. Routing is config only.
+    client.organization = None
+    client.project = None
+    return client
+
+
+async def send_delete(
+    client: AsyncOpenAI, operation: Operation, resource_id: str, timeout_seconds: float
+) -> object:
+    """One DELETE; raises the SDK's exceptions (``classify`` translates them)."""
+    timeout = attempt_timeout(timeout_seconds)
+    if operation == "delete_file":
+        return await client.files.delete(resource_id, timeout=timeout)
+    # The SDK adds the required ``OpenAI-Beta: assistants=v2`` header itself (tested).
+    return await client.vector_stores.delete(resource_id, timeout=timeout)
+
+
+@dataclass
+class _Cached:
+    client: AsyncOpenAI
+    built_at: float
+
+
+class ClientCache:
+    """One client per route, rebuilt after ``ttl_seconds`` or an auth failure.
+
+    Rebuilding re-reads the key from its env var / file, so a rotated Kubernetes secret is
+    used within ``ttl_seconds`` (or at once when the old key starts failing with 401/403).
+    """
+
+    def __init__(
+        self, pool: httpx2.AsyncClient, environ: Mapping[str, str], clock: Clock, ttl_seconds: float
+    ) -> None:
+        self._pool = pool
+        self._environ = environ
+        self._clock = clock
+        self._ttl_seconds = ttl_seconds
+        self._clients: dict[RouteId, _Cached] = {}
+
+    def get(self, route: Route) -> AsyncOpenAI | Transient:
+        """The route's client, or ``Transient(config)`` when its key cannot be read."""
+        now = self._clock()
+        cached = self._clients.get(route.route_id)
+        if cached is not None and now - cached.built_at < self._ttl_seconds:
+            return cached.client
+        try:
+            api_key = route.key.read(self._environ)
+        except KeyUnavailable as exc:
+            self._clients.pop(route.route_id, None)
+            return Transient(RetryReason.CONFIG, f"{route.label}: {exc}")
+        client = build_client(route, api_key, self._pool)
+        self._clients[route.route_id] = _Cached(client, now)
+        return client
+
+    def evict(self, route: Route) -> None:
+        """Forget the route's client (not closed: that would close the shared pool)."""
+        self._clients.pop(route.route_id, None)
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def clear(self) -> None:
+        self._clients.clear()

@@ -1,0 +1,245 @@
+"""``ProviderGateway``: the provider layer's one entry point for the handlers (SPEC §6).
+
+A call goes: route (tenant + label) -> client (key read lazily) -> Retry-After pause check ->
+circuit breaker -> in-call retries, each attempt inside the route's limiter -> one
+``DeleteResult``. Never raises for provider or configuration trouble; only cancellation and
+programming errors propagate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from uuid import UUID
+
+import httpx2
+import openai
+
+from worker.config import ProvidersConfig
+from worker.models import RetryReason
+from worker.providers.classify import classify_exception, classify_response
+from worker.providers.clients import ClientCache, Operation, new_shared_pool, send_delete
+from worker.providers.limits import (
+    BREAKER_FAILURES,
+    Admission,
+    BreakerPolicy,
+    CircuitBreaker,
+    Clock,
+    RouteBusy,
+    RouteLimiter,
+    Sleep,
+)
+from worker.providers.results import (
+    DeleteResult,
+    Permanent,
+    ProviderObserver,
+    Transient,
+    outcome_label,
+)
+from worker.providers.retrying import RetryPolicy, run_with_retries
+from worker.providers.routing import Route, RouteId, Router, default_environ
+
+# Cached clients are rebuilt this often, re-reading keys: rotated secrets apply within 5 min.
+CLIENT_TTL_SECONDS = 300.0
+
+
+class _RouteState:
+    """Everything kept per route: its limiter and breaker."""
+
+    def __init__(self, route: Route, breaker: BreakerPolicy, clock: Clock, sleep: Sleep) -> None:
+        self.route = route
+        self.limiter = RouteLimiter(route.max_concurrency, route.max_rps, clock, sleep)
+        self.breaker = CircuitBreaker(breaker, clock)
+
+
+class ProviderGateway:
+    """Deletes provider files and vector stores with each tenant's routing.
+
+    Takes ownership of ``http_client`` (the shared pool) when given: ``aclose`` closes it.
+    """
+
+    def __init__(
+        self,
+        config: ProvidersConfig,
+        *,
+        observer: ProviderObserver | None = None,
+        http_client: httpx2.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+        client_ttl_seconds: float = CLIENT_TTL_SECONDS,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        """Validates every route now: raises ``ConfigError`` naming the key path."""
+        self._router = Router(config)
+        self._observer = observer
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._pool = http_client if http_client is not None else new_shared_pool()
+        env = environ if environ is not None else default_environ()
+        self._clients = ClientCache(self._pool, env, clock, client_ttl_seconds)
+        breaker_policy = breaker or BreakerPolicy()
+        self._states: dict[RouteId, _RouteState] = {
+            route.route_id: _RouteState(route, breaker_policy, clock, sleep)
+            for route in self._router.routes()
+        }
+        self._closed = False
+
+    async def delete_file(self, tenant_id: UUID, label: str, file_id: str) -> DeleteResult:
+        """Delete a provider file (it also leaves every vector store it was in)."""
+        return await self._delete(tenant_id, label, "delete_file", file_id)
+
+    async def delete_vector_store(
+        self, tenant_id: UUID, label: str, vector_store_id: str
+    ) -> DeleteResult:
+        """Delete a vector store (its files are not deleted by this)."""
+        return await self._delete(tenant_id, label, "delete_vector_store", vector_store_id)
+
+    async def aclose(self) -> None:
+        """Close the shared connection pool, once; later calls are a programming error."""
+        if self._closed:
+            return
+        self._closed = True
+        self._clients.clear()
+        await self._pool.aclose()
+
+    def route(self, tenant_id: UUID, label: str) -> Route | Transient:
+        """The route a call would use (diagnostics, ``check-config``)."""
+        return self._router.resolve(tenant_id, label)
+
+    def client_for(self, tenant_id: UUID, label: str) -> openai.AsyncOpenAI | Transient:
+        """The cached SDK client a call would use (diagnostics and tests)."""
+        route = self._router.resolve(tenant_id, label)
+        return route if isinstance(route, Transient) else self._clients.get(route)
+
+    @property
+    def http_client(self) -> httpx2.AsyncClient:
+        """The one connection pool every SDK client shares."""
+        return self._pool
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"ProviderGateway({self._router!r}, clients={len(self._clients)}, {state})"
+
+    async def _delete(
+        self, tenant_id: UUID, label: str, operation: Operation, resource_id: str
+    ) -> DeleteResult:
+        if self._closed:
+            raise RuntimeError("ProviderGateway used after aclose()")
+        if not resource_id:
+            return Permanent(f"{operation}: empty resource id")
+        route = self._router.resolve(tenant_id, label)
+        if isinstance(route, Transient):
+            return route
+        client = self._clients.get(route)
+        if isinstance(client, Transient):
+            return client
+        state = self._states[route.route_id]
+        pause = state.limiter.pause_remaining()
+        if pause > self._retry.max_wait_seconds:
+            return Transient(
+                RetryReason.RATE_LIMITED,
+                f"{label} asked for a pause (Retry-After); not calling for {pause:.3g}s",
+                pause,
+            )
+        admission = state.breaker.admit()
+        if not isinstance(admission, Admission):
+            last = state.breaker.last_failure
+            return Transient(
+                RetryReason.CIRCUIT_OPEN,
+                f"circuit open for {label} after repeated failures"
+                + (f" (last: {last.value})" if last is not None else ""),
+                admission,
+            )
+        return await self._guarded_call(state, admission, client, operation, resource_id)
+
+    async def _guarded_call(
+        self,
+        state: _RouteState,
+        admission: Admission,
+        client: openai.AsyncOpenAI,
+        operation: Operation,
+        resource_id: str,
+    ) -> DeleteResult:
+        """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
+        route = state.route
+        deadline = self._clock() + self._retry.budget_seconds(route.timeout_seconds)
+
+        async def attempt() -> DeleteResult:
+            return await self._attempt(state, client, operation, resource_id, deadline)
+
+        try:
+            result = await run_with_retries(
+                attempt,
+                policy=self._retry,
+                deadline=deadline,
+                timeout_seconds=route.timeout_seconds,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+        except BaseException:
+            state.breaker.abandon(admission)
+            raise
+        failure = result.reason if isinstance(result, Transient) else None
+        state.breaker.record(admission, failure if failure in BREAKER_FAILURES else None)
+        if failure is RetryReason.AUTH:
+            self._clients.evict(route)  # the next call re-reads a possibly rotated key
+        return result
+
+    async def _attempt(
+        self,
+        state: _RouteState,
+        client: openai.AsyncOpenAI,
+        operation: Operation,
+        resource_id: str,
+        deadline: float,
+    ) -> DeleteResult:
+        """One HTTP request inside the route's limiter; a 429's Retry-After pauses the route."""
+        route = state.route
+        try:
+            async with state.limiter.slot(max_wait_seconds=deadline - self._clock()):
+                timeout = min(route.timeout_seconds, max(0.001, deadline - self._clock()))
+                started = self._clock()
+                result = await self._send(client, route, operation, resource_id, timeout)
+                self._observe(route.label, operation, result, self._clock() - started)
+        except RouteBusy as busy:
+            return Transient(
+                RetryReason.RATE_LIMITED, f"{route.label}: {busy.detail}", busy.retry_after_seconds
+            )
+        if (
+            isinstance(result, Transient)
+            and result.reason is RetryReason.RATE_LIMITED
+            and result.retry_after_seconds
+        ):
+            state.limiter.pause_for(result.retry_after_seconds)
+        return result
+
+    async def _send(
+        self,
+        client: openai.AsyncOpenAI,
+        route: Route,
+        operation: Operation,
+        resource_id: str,
+        timeout_seconds: float,
+    ) -> DeleteResult:
+        try:
+            body = await send_delete(client, operation, resource_id, timeout_seconds)
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            return classify_exception(
+                exc,
+                backend=route.label,
+                timeout_seconds=timeout_seconds,
+                wall_now=self._wall_clock(),
+            )
+        return classify_response(body, backend=route.label)
+
+    def _observe(self, backend: str, operation: str, result: DeleteResult, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer.observe(
+                backend=backend, operation=operation, outcome=outcome_label(result), seconds=seconds
+            )

@@ -1,0 +1,75 @@
+"""What a provider delete call ends as: values the handlers dispatch on, never exceptions.
+
+``Deleted``   the resource is gone (deleted now, or a 404: it was already gone).
+``Transient`` not done yet; retry later with ``reason`` from the fixed ``RetryReason`` set.
+``Permanent`` the provider refused the request as malformed; retrying cannot help.
+
+``detail`` is short, bounded and secret-free ("HTTP 503 from azure", "timeout after 10s"):
+never a response body, never a key, never a URL with credentials. It is stored as the row's
+last error and shown to operators, so it must be safe to print anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, assert_never
+
+from worker.models import RetryReason
+
+DETAIL_MAX_CHARS = 200
+
+
+def bounded(text: str) -> str:
+    """Cut ``text`` to ``DETAIL_MAX_CHARS`` so a detail can never grow without bound."""
+    if len(text) <= DETAIL_MAX_CHARS:
+        return text
+    return text[: DETAIL_MAX_CHARS - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """The resource no longer exists at the provider; ``not_found`` when it was already gone."""
+
+    not_found: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    """Not done; the engine retries. ``retry_after_seconds`` is the provider's lower bound."""
+
+    reason: RetryReason
+    detail: str
+    retry_after_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", bounded(self.detail))
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    """The provider rejected the request itself (400/422/other 4xx): a terminal failure now."""
+
+    detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", bounded(self.detail))
+
+
+DeleteResult = Deleted | Transient | Permanent
+
+
+def outcome_label(result: DeleteResult) -> str:
+    """The bounded ``outcome`` metric label of a result."""
+    if isinstance(result, Deleted):
+        return "not_found" if result.not_found else "deleted"
+    if isinstance(result, Transient):
+        return result.reason.value
+    if isinstance(result, Permanent):
+        return "permanent"
+    assert_never(result)
+
+
+class ProviderObserver(Protocol):
+    """Receives one call per provider HTTP attempt (metrics); must not raise or block."""
+
+    def observe(self, *, backend: str, operation: str, outcome: str, seconds: float) -> None: ...

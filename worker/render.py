@@ -1,0 +1,170 @@
+"""Human-readable output of the CLI (tables, summaries, the drain progress bar)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import click
+
+from worker.outbox.dead_letters import DeadLetter
+from worker.runtime.drain import DrainSummary
+from worker.runtime.status import Status
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return _age(value)
+    return str(value)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def status(report: Status) -> str:
+    parts = [
+        "Outbox backlog",
+        table(
+            ["queue", "partition", "pending", "oldest", "processed_seq", "attempts", "leased_by"],
+            [
+                [
+                    p.queue,
+                    p.partition,
+                    p.pending,
+                    p.oldest_age_seconds,
+                    p.processed_seq,
+                    p.attempts,
+                    p.leased_by,
+                ]
+                for p in report.partitions
+            ],
+        ),
+        "",
+        "Parked retries",
+        table(
+            ["queue", "due", "parked", "oldest", "next_due_in"],
+            [
+                [r.queue, r.due, r.parked, r.oldest_age_seconds, r.next_due_in_seconds]
+                for r in report.retries
+            ]
+            or [["-", 0, 0, None, None]],
+        ),
+        "",
+        "Dead letters",
+        table(
+            ["queue", "status", "count", "oldest"],
+            [[d.queue, d.status, d.count, d.oldest_age_seconds] for d in report.dead_letters]
+            or [["-", "-", 0, None]],
+        ),
+        "",
+        "Attachments by cleanup_status: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(report.attachments.items())) or "none"),
+        f"Vector stores of deleted chats still to delete: {report.outstanding_vector_stores}",
+    ]
+    return "\n".join(parts)
+
+
+def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
+    data = {k: v for k, v in vars(row).items() if k != "payload"}
+    text = row.payload.decode("utf-8", errors="replace")
+    try:
+        data["payload"] = json.loads(text)
+    except ValueError:
+        data["payload"] = text
+    return data
+
+
+def dead_letters(rows: Sequence[DeadLetter]) -> str:
+    if not rows:
+        return "no dead letters match"
+    return table(
+        ["id", "queue", "partition", "seq", "status", "attempts", "failed_at", "last_error"],
+        [
+            [
+                r.id,
+                r.queue,
+                r.partition,
+                r.seq,
+                r.status,
+                r.attempts,
+                r.failed_at.isoformat(timespec="seconds"),
+                (r.last_error or "")[:100],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def id_list(ids: Sequence[int]) -> str:
+    if not ids:
+        return ""
+    shown = ", ".join(str(i) for i in ids[:20])
+    return f": {shown}{', ...' if len(ids) > 20 else ''}"
+
+
+def drain_summary(summary: DrainSummary) -> str:
+    rows = [[queue, s.done, s.retried, s.dead_lettered] for queue, s in summary.queues.items()]
+    lines = [
+        table(["queue", "done", "retried", "dead_lettered"], rows),
+        f"attachments that reached terminal failure in this pass: {summary.attachments_failed}",
+        f"left: {summary.remaining_pending} pending, {summary.remaining_retries} parked for retry"
+        + (" (stopped at --max-seconds)" if summary.timed_out else ""),
+        f"took {summary.seconds:.1f}s",
+    ]
+    if not summary.clean:
+        lines.append("inspect: cleanup-worker status; cleanup-worker dead-letters list")
+    return "\n".join(lines)
+
+
+class DrainProgress:
+    """A progress bar on a terminal (stderr), nothing otherwise; total grows if work arrives."""
+
+    def __init__(self, *, enabled: bool):
+        self._enabled = enabled
+        self._bar: Any = None
+        self._shown = 0
+
+    def __enter__(self) -> DrainProgress:
+        return self
+
+    def update(self, handled: int, remaining: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=max(1, handled + remaining),
+                label="draining",
+                file=sys.stderr,
+                show_pos=True,
+            )
+            self._bar.__enter__()
+        self._bar.length = max(self._bar.length, handled + remaining)
+        self._bar.update(handled - self._shown)
+        self._shown = handled
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(exc_type, exc, tb)

@@ -1,0 +1,98 @@
+"""The composition root: builds the pool, the provider gateway, metrics, handlers and engine.
+
+Everything the CLI commands run is built here and nowhere else; order of the exit stack is the
+shutdown order (engine users first, then the provider pool, then the database pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from worker.config import BackendConfig, Config, TenantOverride
+from worker.db.pool import open_pool
+from worker.handlers.attachment import AttachmentCleanupHandler
+from worker.handlers.chat import ChatCleanupHandler
+from worker.handlers.files import CleanupContext
+from worker.handlers.repository import CleanupRepository
+from worker.models import Handler
+from worker.observability.logging import register_secret
+from worker.observability.metrics import Metrics
+from worker.outbox.engine import Engine, EngineSettings
+from worker.providers.gateway import ProviderGateway
+
+
+@dataclass(frozen=True)
+class App:
+    config: Config
+    pool: AsyncConnectionPool
+    metrics: Metrics
+    gateway: ProviderGateway
+    engine: Engine
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return self.engine.queues
+
+
+def register_secrets(config: Config, environ: dict[str, str]) -> None:
+    """Teach the log redactor the DSN password and every API key this process can read."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(config.database.dsn).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    if password:
+        register_secret(str(password))
+    tenants = config.providers.tenants.values()
+    sources: list[BackendConfig | TenantOverride] = [*config.providers.backends.values()]
+    sources += [override for per_tenant in tenants for override in per_tenant.values()]
+    for source in sources:
+        if source.api_key_env and environ.get(source.api_key_env):
+            register_secret(environ[source.api_key_env].strip())
+        if source.api_key_file:
+            # An unreadable file is reported by check-config and by the provider layer.
+            with contextlib.suppress(OSError):
+                register_secret(Path(source.api_key_file).read_text().strip())
+
+
+@asynccontextmanager
+async def open_app(
+    config: Config,
+    *,
+    environ: dict[str, str],
+    metrics: Metrics | None = None,
+    http_client: httpx2.AsyncClient | None = None,
+) -> AsyncIterator[App]:
+    register_secrets(config, environ)
+    metrics = metrics or Metrics(config.observability.metrics_prefix)
+    async with AsyncExitStack() as stack:
+        db = config.database
+        pool = await stack.enter_async_context(
+            open_pool(db.dsn, min_size=db.pool_min_size, max_size=db.pool_max_size)
+        )
+        gateway = ProviderGateway(
+            config.providers,
+            observer=metrics.provider_observer,
+            http_client=http_client,
+            environ=environ,
+        )
+        stack.push_async_callback(gateway.aclose)
+        ctx = CleanupContext(
+            CleanupRepository(pool), gateway, metrics, max_attempts=config.cleanup.max_attempts
+        )
+        outbox = config.outbox
+        handlers: dict[str, Handler] = {
+            outbox.attachment_queue.name: AttachmentCleanupHandler(ctx),
+            outbox.chat_queue.name: ChatCleanupHandler(
+                ctx, file_concurrency=config.cleanup.file_concurrency
+            ),
+        }
+        engine = Engine(pool, handlers, EngineSettings.from_config(outbox))
+        yield App(config, pool, metrics, gateway, engine)

@@ -1,0 +1,86 @@
+"""`cleanup-worker check-config`: validate what can be validated without processing anything.
+
+The configuration itself was validated when it loaded; this adds what needs the outside
+world: the database answers and is migrated, every API key source is readable. Values are
+never printed, only where they come from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.config import BackendConfig, Config, TenantOverride, redact
+from worker.db.migrate import pending_migrations
+from worker.db.pool import connect, translate_errors
+from worker.errors import CleanupWorkerError
+
+
+@dataclass
+class CheckReport:
+    lines: list[tuple[bool, str]] = field(default_factory=list)
+
+    def add(self, ok: bool, text: str) -> None:
+        self.lines.append((ok, text))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for ok, _ in self.lines)
+
+    def render(self) -> str:
+        return "\n".join(f"{'ok  ' if ok else 'FAIL'}  {text}" for ok, text in self.lines)
+
+
+async def check_config(config: Config, *, environ: dict[str, str]) -> CheckReport:
+    report = CheckReport()
+    report.add(True, "configuration: valid")
+    await _check_database(config, report)
+    for label, backend in config.providers.backends.items():
+        _check_key(report, f"providers.backends.{label}", backend, environ)
+    for tenant, overrides in config.providers.tenants.items():
+        for label, override in overrides.items():
+            if override.api_key_env or override.api_key_file:
+                _check_key(report, f"providers.tenants.{tenant}.{label}", override, environ)
+    if not config.providers.backends:
+        report.add(False, "providers.backends: none configured: nothing could be deleted")
+    return report
+
+
+async def _check_database(config: Config, report: CheckReport) -> None:
+    where = redact(config.database.dsn)
+    try:
+        conn = await connect(config.database.dsn, timeout_seconds=5)
+        async with conn:
+            with translate_errors():
+                missing = await pending_migrations(conn)
+    except CleanupWorkerError as exc:
+        report.add(False, f"database {where}: {exc}")
+        return
+    report.add(True, f"database {where}: reachable")
+    if missing:
+        report.add(
+            False, f"migrations not applied: {', '.join(missing)} (run cleanup-worker migrate)"
+        )
+    else:
+        report.add(True, "migrations: applied")
+
+
+def _check_key(
+    report: CheckReport, path: str, source: BackendConfig | TenantOverride, environ: dict[str, str]
+) -> None:
+    if source.api_key_env:
+        present = bool(environ.get(source.api_key_env, "").strip())
+        report.add(
+            present,
+            f"{path}.api_key_env: {source.api_key_env} "
+            + ("is set" if present else "is not set or empty"),
+        )
+    elif source.api_key_file:
+        file = Path(source.api_key_file)
+        readable = file.is_file() and os.access(file, os.R_OK) and bool(file.read_text().strip())
+        report.add(
+            readable,
+            f"{path}.api_key_file: {file} "
+            + ("is readable" if readable else "is missing, unreadable or empty"),
+        )

@@ -1,0 +1,108 @@
+"""What is left to do, read from the database: ``status``, the backlog gauges, ``drain``.
+
+One read serves the operator's ``status`` command and the periodic gauge refresh, so the
+dashboard and the CLI never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from worker.db import Conn
+from worker.db.queries import q
+from worker.observability.metrics import BacklogSnapshot, queue_kind
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    queue: str
+    partition: int
+    pending: int
+    oldest_age_seconds: float | None
+    processed_seq: int
+    attempts: int
+    last_error: str | None
+    leased_by: str | None
+
+
+@dataclass(frozen=True)
+class RetryStatus:
+    queue: str
+    due: int
+    parked: int
+    oldest_age_seconds: float | None
+    next_due_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class DeadLetterStatus:
+    queue: str
+    status: str
+    count: int
+    oldest_age_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Status:
+    partitions: list[PartitionStatus]
+    retries: list[RetryStatus]
+    dead_letters: list[DeadLetterStatus]
+    attachments: dict[str, int] = field(default_factory=dict)
+    outstanding_vector_stores: int = 0
+
+    def pending(self, queue: str | None = None) -> int:
+        return sum(p.pending for p in self.partitions if queue in (None, p.queue))
+
+    def retry_rows(self, queue: str | None = None) -> int:
+        return sum(r.due + r.parked for r in self.retries if queue in (None, r.queue))
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: bool) -> Status:
+    """One consistent-enough read of every backlog (not a single snapshot: it is a gauge)."""
+    params = {"queues": list(queues)}
+    partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
+    retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
+    dead = [DeadLetterStatus(*row) for row in await _rows(conn, "dead_letter_backlog", params)]
+    counts = "attachment_status_counts" if all_attachments else "attachment_debt"
+    attachments = {status: int(n) for status, n in await _rows(conn, counts, {})}
+    vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
+    return Status(partitions, retries, dead, attachments, int(vector_stores))
+
+
+async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(q(name), params)
+    return await cur.fetchall()
+
+
+def backlog_snapshot(status: Status) -> BacklogSnapshot:
+    """The gauge values of a status read (dead letters: the unresolved ones, by queue kind)."""
+    queues = sorted({p.queue for p in status.partitions})
+    oldest: dict[str, float] = {}
+    ages = [(p.queue, p.oldest_age_seconds) for p in status.partitions]
+    ages += [(r.queue, r.oldest_age_seconds) for r in status.retries]  # parked is not done
+    for queue, age in ages:
+        if age is not None:
+            oldest[queue] = max(oldest.get(queue, 0.0), age)
+    dead_count: dict[str, int] = {}
+    dead_age: dict[str, float] = {}
+    for d in status.dead_letters:
+        if d.status in ("pending", "reprocessing"):
+            kind = queue_kind(d.queue)
+            dead_count[kind] = dead_count.get(kind, 0) + d.count
+            dead_age[kind] = max(dead_age.get(kind, 0.0), d.oldest_age_seconds or 0.0)
+    return BacklogSnapshot(
+        outbox_backlog={queue: status.pending(queue) for queue in queues},
+        outbox_oldest_pending_age_seconds={queue: oldest.get(queue, 0.0) for queue in queues},
+        retry_due={r.queue: r.due for r in status.retries},
+        retry_parked={r.queue: r.parked for r in status.retries},
+        dead_letters=dead_count,
+        dead_letter_oldest_age_seconds=dead_age,
+        attachments_pending=status.attachments.get("pending", 0),
+        attachments_failed=status.attachments.get("failed", 0),
+        vector_stores_pending=status.outstanding_vector_stores,
+    )

@@ -1,0 +1,607 @@
+"""A local HTTP server speaking the OpenAI and Azure OpenAI *delete* API, with injectable faults.
+
+Why a real server and not a mock transport: the worker's failure handling lives in the SDK's
+connection pool, timeouts and retries, which only a peer on a real socket exercises. Tests, the
+``demo`` command and the benchmarks all run against this server; it is stateful (a second delete
+of an id answers 404), records every request, and can be told to misbehave (`Fault`).
+
+Wire, as the SDK sends it (see ``/work/shared/reference/openai.md``)::
+
+    OpenAI        DELETE {prefix}/v1/files/{id}                         Authorization: Bearer K
+                  DELETE {prefix}/v1/vector_stores/{id}
+    Azure         DELETE {prefix}/openai/files/{id}?api-version=V      api-key: K  (or Bearer token)
+                  DELETE {prefix}/openai/vector_stores/{id}?api-version=V
+    Azure v1 GA   DELETE {prefix}/openai/v1/files/{id}                  Bearer or api-key
+
+``{prefix}`` is any path (possibly empty): ``url + "/tenant-b"`` plays a tenant's own endpoint,
+so one server can stand in for many upstreams and `Fault.path_contains` can break just one.
+
+Run it as a process with ``python -m worker.sandbox.fake_openai --port N``; it prints its URL and
+serves until SIGTERM. ``GET /_fake/summary`` reports what it deleted, for callers that cannot
+read the in-process request log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.client import responses
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Final, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+Flavor = Literal["openai", "azure"]
+Resource = Literal["file", "vector_store", "other"]
+AuthScheme = Literal["bearer", "api-key", "none"]
+
+# Azure vector stores need 2024-05-01-preview or later; the chat service ships 2025-03-01-preview.
+DEFAULT_AZURE_API_VERSIONS: Final = frozenset(
+    {
+        "2024-05-01-preview",
+        "2024-06-01",
+        "2024-07-01-preview",
+        "2024-08-01-preview",
+        "2024-09-01-preview",
+        "2024-10-01-preview",
+        "2024-10-21",
+        "2024-12-01-preview",
+        "2025-01-01-preview",
+        "2025-02-01-preview",
+        "2025-03-01-preview",
+        "2025-04-01-preview",
+    }
+)
+
+# The lazy prefix lets "/openai/v1/files/x" be read as Azure v1 GA, not as prefix "/openai".
+_ROUTE: Final = re.compile(
+    r"^(?:/[^/]+)*?(?P<api>/openai/v1|/openai|/v1)/(?P<collection>files|vector_stores)/(?P<id>[^/]+)$"
+)
+_RESOURCES: Final[Mapping[str, Resource]] = {"files": "file", "vector_stores": "vector_store"}
+_DELETED_OBJECT: Final[Mapping[Resource, str]] = {
+    "file": "file",
+    "vector_store": "vector_store.deleted",
+    "other": "unknown",
+}
+_SUMMARY_PATH: Final = "/_fake/summary"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way for the server to misbehave, for the requests it matches.
+
+    At most one of ``status``, ``reset`` and ``deleted_false`` is set; ``delay_seconds`` combines
+    with any of them, and a delay-only fault lets the request proceed normally afterwards (so a
+    client that timed out may still have deleted the resource, as with the real API).
+    ``status`` and ``reset`` answer before authentication; ``deleted_false`` replaces the answer of
+    a delete that passed every check. Faulted requests never change state.
+    """
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_seconds: float = 0.0
+    reset: bool = False
+    deleted_false: bool = False
+    times: int | None = None
+    path_contains: str = ""
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError(f"Fault.status must be an error status 400..599, got {self.status}")
+        if (self.status is not None) + self.reset + self.deleted_false > 1:
+            raise ValueError("set at most one of Fault.status, Fault.reset, Fault.deleted_false")
+        if self.times is not None and self.times < 1:
+            raise ValueError(f"Fault.times must be None (forever) or >= 1, got {self.times}")
+        if self.delay_seconds < 0:
+            raise ValueError(f"Fault.delay_seconds must be >= 0, got {self.delay_seconds}")
+
+    def matches(self, path: str, api_key: str | None) -> bool:
+        """Whether this fault targets a request (``path`` without the query string)."""
+        return self.path_contains in path and (self.key is None or self.key == api_key)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it and answered it (``status`` is None after a reset)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    api_key: str | None
+    auth_scheme: AuthScheme
+    headers: dict[str, str]
+    status: int | None
+    resource: Resource
+    resource_id: str | None
+    flavor: Flavor
+    at: float
+    deleted: bool = False  # answered "deleted": true, i.e. this request removed the resource
+
+
+@dataclass(frozen=True)
+class _Route:
+    flavor: Flavor
+    resource: Resource
+    resource_id: str | None
+    needs_api_version: bool
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+
+
+@dataclass
+class _ActiveFault:
+    fault: Fault
+    remaining: int | None
+
+
+class _TokenBucket:
+    """Global request-rate limit: ``rate`` tokens per second, bursts of one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate_limit_rps must be > 0, got {rate}")
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._last = time.monotonic()
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 if one was available, else the seconds until the next one is."""
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+def _route(path: str) -> _Route:
+    match = _ROUTE.match(path)
+    if match is None:
+        flavor: Flavor = "azure" if "/openai/" in f"{path}/" else "openai"
+        return _Route(flavor, "other", None, needs_api_version=False)
+    api = match["api"]
+    return _Route(
+        flavor="openai" if api == "/v1" else "azure",
+        resource=_RESOURCES[match["collection"]],
+        resource_id=unquote(match["id"]),
+        needs_api_version=api == "/openai",
+    )
+
+
+def _credentials(headers: Mapping[str, str], flavor: Flavor) -> tuple[AuthScheme, str | None]:
+    """The key a request authenticates with: OpenAI reads only Bearer, Azure prefers ``api-key``."""
+    if flavor == "azure" and "api-key" in headers:
+        return "api-key", headers["api-key"]
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return "bearer", token.strip()
+    return "none", None
+
+
+def _error(status: int, message: str, code: str | None = None, **headers: str) -> _Answer:
+    """An error answer shaped like OpenAI's (Azure's carries the same ``error`` object)."""
+    kind = "invalid_request_error"
+    if status == 429:
+        kind = "requests"
+    elif status >= 500:
+        kind = "server_error"
+    body: dict[str, object] = {
+        "error": {"message": message, "type": kind, "param": None, "code": code}
+    }
+    return _Answer(status, body, {name.replace("_", "-"): value for name, value in headers.items()})
+
+
+def _deleted(route: _Route, deleted: bool) -> _Answer:
+    body: dict[str, object] = {
+        "id": route.resource_id,
+        "object": _DELETED_OBJECT[route.resource],
+        "deleted": deleted,
+    }
+    return _Answer(200, body, deleted=deleted)
+
+
+class FakeOpenAI:
+    """A stateful OpenAI / Azure OpenAI delete server on a real socket; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: Iterable[str] | None = None,
+        azure_api_versions: Iterable[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_seconds: float = 0.0,
+        rate_limit_rps: float | None = None,
+        implicit_ids: bool = False,
+    ) -> None:
+        """``implicit_ids``: every id not deleted yet exists (for runs that cannot seed state)."""
+        self._api_keys = None if api_keys is None else frozenset(api_keys)
+        self._azure_api_versions = frozenset(
+            DEFAULT_AZURE_API_VERSIONS if azure_api_versions is None else azure_api_versions
+        )
+        self._address = (host, port)
+        self._latency_seconds = latency_seconds
+        self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
+        self._implicit_ids = implicit_ids
+        self._lock = threading.Lock()
+        self._files: set[str] = set()
+        self._store_files: dict[str, set[str]] = {}
+        self._gone: set[tuple[Resource, str]] = set()
+        self._faults: list[_ActiveFault] = []
+        self._log: list[RecordedRequest] = []
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAI:
+        if self._server is not None:
+            raise RuntimeError("FakeOpenAI is already started (it cannot be restarted after stop)")
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open connections, so idle keep-alive clients see it at once."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        server.shutdown()
+        thread.join()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            _shutdown_quietly(connection)
+        server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        return self.url
+
+    # -- state and faults --------------------------------------------------------------------
+
+    def add_file(self, file_id: str) -> None:
+        with self._lock:
+            self._files.add(file_id)
+
+    def add_vector_store(self, vs_id: str, file_ids: Iterable[str] = ()) -> None:
+        """Create a vector store holding ``file_ids``; files not created yet are created too."""
+        members = set(file_ids)
+        with self._lock:
+            self._files |= members
+            self._store_files[vs_id] = members
+
+    def inject(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(_ActiveFault(fault, fault.times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def files(self) -> set[str]:
+        with self._lock:
+            return set(self._files)
+
+    @property
+    def vector_stores(self) -> set[str]:
+        with self._lock:
+            return set(self._store_files)
+
+    def vector_store_files(self, vs_id: str) -> set[str]:
+        with self._lock:
+            return set(self._store_files[vs_id])
+
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def deletes(self, resource: Resource | None = None) -> list[RecordedRequest]:
+        """Requests that deleted something (2xx, ``deleted: true``), optionally of one kind."""
+        return [r for r in self.requests() if r.deleted and resource in (None, r.resource)]
+
+    # -- request handling (called from handler threads) --------------------------------------
+
+    def _take_fault(self, path: str, api_key: str | None) -> Fault | None:
+        with self._lock:
+            for active in self._faults:
+                if active.remaining != 0 and active.fault.matches(path, api_key):
+                    if active.remaining is not None:
+                        active.remaining -= 1
+                    return active.fault
+        return None
+
+    def _answer(
+        self,
+        method: str,
+        route: _Route,
+        query: Mapping[str, str],
+        api_key: str | None,
+        fault: Fault | None,
+        path: str,
+    ) -> _Answer:
+        """Decide the answer and apply it to the state, atomically (one lock, no I/O)."""
+        if self._api_keys is not None and api_key not in self._api_keys:
+            if route.flavor == "azure":
+                return _error(
+                    401,
+                    "Access denied due to invalid subscription key or wrong API endpoint.",
+                    "401",
+                )
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        if route.resource == "other":
+            if route.flavor == "azure":
+                return _error(404, "Resource not found", "404")
+            return _error(404, f"Invalid URL ({method} {path})")
+        if method != "DELETE":
+            return _error(405, f"Method {method} not allowed: only DELETE", Allow="DELETE")
+        if route.needs_api_version:
+            version = query.get("api-version")
+            if version is None:
+                return _error(
+                    400,
+                    "Missing required query parameter 'api-version'.",
+                    "MissingApiVersionParameter",
+                )
+            if version not in self._azure_api_versions:
+                return _error(400, "API version not supported", "BadRequest")
+        assert route.resource_id is not None  # every resource route names an id
+        with self._lock:
+            if self._bucket is not None:
+                wait = self._bucket.take(time.monotonic())
+                if wait > 0:
+                    # Both headers, as OpenAI sends them; the SDK prefers the milliseconds.
+                    return _error(
+                        429,
+                        "Rate limit reached for requests.",
+                        "rate_limit_exceeded",
+                        retry_after=str(math.ceil(wait)),
+                        retry_after_ms=str(math.ceil(wait * 1000)),
+                    )
+            if fault is not None and fault.deleted_false:
+                return _deleted(route, False)
+            return self._delete(route, route.resource_id)
+
+    def _delete(self, route: _Route, resource_id: str) -> _Answer:
+        """Delete one resource; the caller holds the lock."""
+        is_file = route.resource == "file"
+        live = resource_id in (self._files if is_file else self._store_files)
+        if not live and (not self._implicit_ids or (route.resource, resource_id) in self._gone):
+            if is_file:
+                return _error(404, f"No such File object: {resource_id}")
+            return _error(404, f"No vector store found with id '{resource_id}'.")
+        self._gone.add((route.resource, resource_id))
+        if is_file:
+            self._files.discard(resource_id)
+            for members in self._store_files.values():
+                members.discard(resource_id)
+        else:
+            self._store_files.pop(resource_id, None)
+        return _deleted(route, True)
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._log.append(request)
+
+    def _summary(self) -> dict[str, object]:
+        with self._lock:
+            log = list(self._log)
+        return {
+            "requests": len(log),
+            "statuses": dict(Counter(str(r.status) for r in log)),
+            "deleted": {
+                kind: [r.resource_id for r in log if r.deleted and r.resource == kind]
+                for kind in ("file", "vector_store")
+            },
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections would make server_close() hang
+    request_queue_size = 1024  # the default backlog of 5 drops SYNs when 100 clients connect
+
+    def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
+        super().__init__(address, _Handler)
+        self.fake = fake
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that timed out or a reset fault leaves a dead socket behind: expected, quiet.
+        if not isinstance(sys.exception(), OSError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-openai"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms stall
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        fake = self.server.fake
+        with fake._lock:
+            fake._connections.add(self.connection)
+        if fake._stopping.is_set():  # accepted while stop() was closing connections
+            _shutdown_quietly(self.connection)
+
+    def finish(self) -> None:
+        with self.server.fake._lock:
+            self.server.fake._connections.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: per-request lines on stderr would drown test and benchmark output."""
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
+
+    def _serve(self) -> None:
+        at = time.monotonic()
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep the connection usable
+        fake = self.server.fake
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        if url.path == _SUMMARY_PATH and self.command == "GET":
+            self._send(_Answer(200, fake._summary()), {})
+            return
+        route = _route(url.path)
+        query = dict(parse_qsl(url.query))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        scheme, api_key = _credentials(headers, route.flavor)
+        fault = fake._take_fault(path, api_key)
+        delay = fake._latency_seconds + (fault.delay_seconds if fault is not None else 0.0)
+        if delay > 0:
+            fake._stopping.wait(delay)
+        if fault is not None and fault.reset:
+            answer = None
+        elif fault is not None and fault.status is not None:
+            reason = responses.get(fault.status, "Error")
+            answer = _error(fault.status, f"{reason} (injected fault)")
+        else:
+            answer = fake._answer(self.command, route, query, api_key, fault, url.path)
+        # Recorded before answering, so a client that has its answer also finds it in the log.
+        fake._record(
+            RecordedRequest(
+                method=self.command,
+                path=url.path,
+                query=query,
+                api_key=api_key,
+                auth_scheme=scheme,
+                headers=headers,
+                status=None if answer is None else answer.status,
+                resource=route.resource,
+                resource_id=route.resource_id,
+                flavor=route.flavor,
+                at=at,
+                deleted=answer is not None and answer.deleted,
+            )
+        )
+        if answer is None:
+            self._reset()
+        else:
+            self._send(answer, fault.headers if fault is not None else {})
+
+    def _send(self, answer: _Answer, extra_headers: Mapping[str, str]) -> None:
+        body = json.dumps(answer.body).encode()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**answer.headers, **extra_headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _reset(self) -> None:
+        """Abort with RST (SO_LINGER 0), so the client sees a connection error, not an answer."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # rfile still references the socket, so the descriptor really closes (sending RST) when
+        # finish() closes rfile: before socketserver's shutdown_request() could send a FIN.
+        self.connection.close()
+        self.close_connection = True
+
+
+def _shutdown_quietly(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the client or by a reset fault
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, printing the URL first (benchmarks and multi-process tests)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.sandbox.fake_openai",
+        description="Local OpenAI / Azure OpenAI delete API with a request log and faults.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accepted key (repeatable); default: any key",
+    )
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--rate-limit-rps", type=float, default=None, metavar="RPS")
+    parser.add_argument(
+        "--implicit-ids",
+        action="store_true",
+        help="treat every id as existing until deleted (nothing can be seeded)",
+    )
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(
+        api_keys=args.api_keys,
+        host=args.host,
+        port=args.port,
+        latency_seconds=args.latency,
+        rate_limit_rps=args.rate_limit_rps,
+        implicit_ids=args.implicit_ids,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        fake.start()
+    except OSError as exc:
+        parser.exit(1, f"fake_openai: cannot listen on {args.host}:{args.port}: {exc}\n")
+    try:
+        print(fake.url, flush=True)
+        stop.wait()
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
