@@ -9,19 +9,21 @@ configuration, 3 database unreachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import click
+import psycopg
 
 from worker import __version__, render
-from worker.config import LOG_LEVELS, Config, load_config
+from worker.config import LOG_LEVELS, Config, load_config, redact
 from worker.db.migrate import migrate as apply_migrations
 from worker.db.pool import connect, translate_errors
 from worker.errors import (
@@ -337,6 +339,77 @@ def check_config_cmd(g: Globals) -> int:
     report = _run(check_config(config, environ=dict(os.environ)))
     click.echo(report.render())
     return 0 if report.ok else EXIT_USAGE
+
+
+@cli.command()
+@click.option(
+    "--chats",
+    type=click.IntRange(1, 5000),
+    default=40,
+    show_default=True,
+    help="Chats to create (about half are deleted whole).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the world.")
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0, 1),
+    default=0.15,
+    show_default=True,
+    help="Share of provider files whose delete meets an injected fault.",
+)
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--keep", is_flag=True, help="Leave the database running and print its DSN.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def demo(
+    g: Globals,
+    chats: int,
+    seed: int,
+    fault_rate: float,
+    max_seconds: float,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """See the worker do its job: throwaway PostgreSQL + local OpenAI-compatible server.
+
+    Seeds tenants (OpenAI, an Azure override, one with a revoked key), chats with attachments
+    and vector stores, deletes them through the chat service's flows, injects provider faults,
+    drains, and prints what was deleted, retried, failed and dead-lettered. --dsn uses an
+    existing (scratch) database instead of starting one.
+    """
+    from worker import demo as demo_mod
+    from worker.sandbox.fake_openai import FakeOpenAI
+
+    # The summary is the demo's output; per-message log lines would drown it.
+    base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
+    options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
+    with contextlib.ExitStack() as stack:
+        dsn = g.dsn or _start_demo_database(stack, keep=keep)
+        fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))
+        if not as_json:
+            click.echo(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}", err=True)
+        with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            summary = _run(
+                demo_mod.run_demo(base, options, dsn=dsn, fake=fake, progress=progress.update)
+            )
+        click.echo(
+            json.dumps(summary, indent=2, default=str)
+            if as_json
+            else render.demo_summary(summary, dsn=dsn, keep=keep)
+        )
+
+
+def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> str:
+    from worker.sandbox.postgres import start_postgres
+
+    server = start_postgres()
+    if keep:
+        server.detach()
+    else:
+        stack.callback(server.close)
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(b"CREATE DATABASE cleanup_worker_demo")
+    return server.dsn("cleanup_worker_demo")
 
 
 def exit_code(exc: CleanupWorkerError) -> int:

@@ -107,8 +107,17 @@ class TenantOverride:
 
 
 @dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """Per route: this many consecutive failures open it; it stays open this long."""
+
+    failure_threshold: int = 5
+    cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class ProvidersConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     # tenant uuid (lower-case string) -> backend label -> override
     tenants: dict[str, dict[str, TenantOverride]] = field(default_factory=dict)
 
@@ -212,6 +221,8 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (OutboxConfig, "vacuum_interval_seconds"): _range(0, 86400, open_lo=True),
     (OutboxConfig, "shutdown_grace_seconds"): _SECONDS,
     (CleanupConfig, "max_attempts"): _range(1, 999, integer=True),
+    (CircuitBreakerConfig, "failure_threshold"): _range(1, 1000, integer=True),
+    (CircuitBreakerConfig, "cooldown_seconds"): _range(0, 3600, open_lo=True),
     (CleanupConfig, "file_concurrency"): _INT_1K,
     (ObservabilityConfig, "http_host"): _regex("a host name or IP address", r"\S+"),
     (ObservabilityConfig, "http_port"): _range(0, 65535, integer=True),

@@ -141,9 +141,7 @@ async def _require_owned_chat(conn: Conn, *, tenant_id: UUID, chat_id: UUID, use
         raise NotFound(f"chat {chat_id} not found")
 
 
-async def _attachment(
-    conn: Conn, tenant_id: UUID, attachment_id: UUID
-) -> tuple[Any, ...] | None:
+async def _attachment(conn: Conn, tenant_id: UUID, attachment_id: UUID) -> tuple[Any, ...] | None:
     params = {"attachment_id": attachment_id, "tenant_id": tenant_id}
     cur = await conn.execute(q("attachment_in_tenant"), params)
     return await cur.fetchone()

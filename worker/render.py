@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -168,3 +169,52 @@ class DrainProgress:
     ) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
+
+
+def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool) -> str:
+    world, drained = summary["world"], summary["drain"]
+    rows = [
+        [
+            tenant,
+            counts.get("files deleted", 0),
+            counts.get("cleanup done", 0),
+            counts.get("cleanup failed", 0),
+            counts.get("cleanup pending", 0),
+        ]
+        for tenant, counts in summary["per_tenant"].items()
+    ]
+    answers = ", ".join(f"{k}: {v}" for k, v in sorted(summary["provider_answers"].items()))
+    lines = [
+        "",
+        f"Seeded {world['chats']} chats: {world['chats_deleted']} deleted whole, "
+        f"{world['attachments_deleted_alone']} attachments deleted one by one, "
+        f"{world['poison_messages']} poison messages, faults injected: {world['faults']}",
+        f"Drained in {summary['seconds']}s",
+        "",
+        table(["tenant [backend]", "files deleted", "done", "failed", "pending"], rows),
+        "",
+        f"Vector stores deleted: {summary['vector_stores_deleted']}; "
+        f"left of deleted chats: {summary['vector_store_rows_left']}",
+        f"Provider answers: {answers}",
+        f"Retries: {sum(q['retried'] for q in drained['queues'].values())} deliveries parked "
+        "and retried (backoff with jitter, Retry-After honoured)",
+        f"Dead letters: {len(summary['dead_letters'])}",
+        *(f"  {n:>4} x {reason}" for reason, n in Counter(summary["dead_letters"]).most_common(8)),
+        "",
+    ]
+    target = f"--dsn '{dsn}'"
+    if keep:
+        lines += [
+            f"The database is still running: {dsn}",
+            f"Inspect:  cleanup-worker {target} status",
+            f"          cleanup-worker {target} dead-letters list",
+            f"Fix:      cleanup-worker {target} retry-failed --all   (after fixing the key)",
+        ]
+    else:
+        lines += [
+            "Against a real database, inspect with `cleanup-worker status` and "
+            "`cleanup-worker dead-letters list`,",
+            "and repair with `cleanup-worker retry-failed --all` once the cause is fixed "
+            "(re-run with --keep to try them here).",
+        ]
+    return "\n".join(lines)

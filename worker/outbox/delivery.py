@@ -52,8 +52,10 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def delay_seconds(self, delivery: int, hint: float | None, rng: random.Random) -> float:
-        backoff = min(self.max_seconds, self.base_seconds * 2 ** max(0, delivery - 1))
-        backoff *= 1 + rng.uniform(-self.jitter, self.jitter)
+        # The exponent is bounded (2**63 s is forever) so huge delivery counts cannot overflow;
+        # the cap holds after jitter too. Only a provider's hint may go past it.
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, delivery - 1), 63))
+        backoff = min(self.max_seconds, backoff * (1 + rng.uniform(-self.jitter, self.jitter)))
         return float(max(backoff, hint or 0.0))
 
 

@@ -24,10 +24,15 @@ def validate_payload_type(payload_type: str) -> str:
 
 
 def validate_payload(payload: bytes) -> bytes:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(
-            f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
+    # A str would reach PostgreSQL as bytea *text* input ('\x41' is stored as b'A'): refuse it.
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"payload must be bytes, got {type(payload).__name__}: encode it first "
+            "(e.g. json.dumps(event).encode())"
         )
+    size = memoryview(payload).nbytes
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"payload of {size} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
     return payload
 
 

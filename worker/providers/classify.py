@@ -29,7 +29,7 @@ import httpx2
 import openai
 
 from worker.models import RetryReason
-from worker.providers.results import Deleted, DeleteResult, Permanent, Transient
+from worker.providers.results import Deleted, DeleteResult, Permanent, Transient, seconds_text
 
 # A Retry-After beyond the cleanup promise (one hour) is clamped: the engine retries and asks again.
 MAX_RETRY_AFTER_SECONDS = 3600.0
@@ -53,9 +53,9 @@ def classify_exception(
 ) -> DeleteResult:
     """Translate an SDK / transport exception; ``wall_now`` (epoch seconds) dates Retry-After."""
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        after = seconds_text(timeout_seconds)
         return Transient(
-            RetryReason.TIMEOUT,
-            f"timeout after {timeout_seconds:g}s talking to {backend}{_cause_suffix(exc)}",
+            RetryReason.TIMEOUT, f"timeout after {after} talking to {backend}{_cause_suffix(exc)}"
         )
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
         return Transient(

@@ -36,6 +36,7 @@ from worker.providers.results import (
     ProviderObserver,
     Transient,
     outcome_label,
+    seconds_text,
 )
 from worker.providers.retrying import RetryPolicy, run_with_retries
 from worker.providers.routing import Route, RouteId, Router, default_environ
@@ -144,7 +145,7 @@ class ProviderGateway:
         if pause > self._retry.max_wait_seconds:
             return Transient(
                 RetryReason.RATE_LIMITED,
-                f"{label} asked for a pause (Retry-After); not calling for {pause:.3g}s",
+                f"{label} asked for a pause (Retry-After); not calling for {seconds_text(pause)}",
                 pause,
             )
         admission = state.breaker.admit()
@@ -170,8 +171,13 @@ class ProviderGateway:
         route = state.route
         deadline = self._clock() + self._retry.budget_seconds(route.timeout_seconds)
 
+        sent = False
+
         async def attempt() -> DeleteResult:
-            return await self._attempt(state, client, operation, resource_id, deadline)
+            nonlocal sent
+            result, did_send = await self._attempt(state, client, operation, resource_id, deadline)
+            sent = sent or did_send
+            return result
 
         try:
             result = await run_with_retries(
@@ -186,7 +192,10 @@ class ProviderGateway:
             state.breaker.abandon(admission)
             raise
         failure = result.reason if isinstance(result, Transient) else None
-        state.breaker.record(admission, failure if failure in BREAKER_FAILURES else None)
+        if not sent:  # only our own limiter answered: says nothing about the upstream
+            state.breaker.abandon(admission)
+        else:
+            state.breaker.record(admission, failure if failure in BREAKER_FAILURES else None)
         if failure is RetryReason.AUTH:
             self._clients.evict(route)  # the next call re-reads a possibly rotated key
         return result
@@ -198,8 +207,11 @@ class ProviderGateway:
         operation: Operation,
         resource_id: str,
         deadline: float,
-    ) -> DeleteResult:
-        """One HTTP request inside the route's limiter; a 429's Retry-After pauses the route."""
+    ) -> tuple[DeleteResult, bool]:
+        """One HTTP request inside the route's limiter (and whether it was sent at all).
+
+        A 429's Retry-After pauses the route for every caller.
+        """
         route = state.route
         try:
             async with state.limiter.slot(max_wait_seconds=deadline - self._clock()):
@@ -208,16 +220,15 @@ class ProviderGateway:
                 result = await self._send(client, route, operation, resource_id, timeout)
                 self._observe(route.label, operation, result, self._clock() - started)
         except RouteBusy as busy:
-            return Transient(
-                RetryReason.RATE_LIMITED, f"{route.label}: {busy.detail}", busy.retry_after_seconds
-            )
+            detail = f"{route.label}: {busy.detail}"
+            return Transient(RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds), False
         if (
             isinstance(result, Transient)
             and result.reason is RetryReason.RATE_LIMITED
             and result.retry_after_seconds
         ):
             state.limiter.pause_for(result.retry_after_seconds)
-        return result
+        return result, True
 
     async def _send(
         self,

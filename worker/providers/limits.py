@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from worker.models import RetryReason
+from worker.providers.results import seconds_text
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -85,7 +86,7 @@ class RouteLimiter:
                 await self._slots.acquire()
         except TimeoutError:
             raise RouteBusy(
-                f"all {self._max_concurrency} slots busy for {max_wait_seconds:.3g}s", None
+                f"all {self._max_concurrency} slots busy for {seconds_text(max_wait_seconds)}", None
             ) from None
         try:
             await self._wait_for_pause_and_token(max_wait_seconds - (self._clock() - started))
@@ -96,14 +97,14 @@ class RouteLimiter:
     async def _wait_for_pause_and_token(self, budget: float) -> None:
         pause = self.pause_remaining()
         if pause > budget:
-            raise RouteBusy(f"paused by Retry-After for {pause:.3g}s more", pause)
+            raise RouteBusy(f"paused by Retry-After for {seconds_text(pause)} more", pause)
         if pause > 0:
             await self._sleep(pause)
             budget -= pause
         delay = self._bucket.reserve()
         if delay > budget:
             self._bucket.refund()
-            raise RouteBusy(f"request rate limit: next token in {delay:.3g}s", delay)
+            raise RouteBusy(f"request rate limit: next token in {seconds_text(delay)}", delay)
         if delay > 0:
             await self._sleep(delay)
 

@@ -26,6 +26,11 @@ def bounded(text: str) -> str:
     return text[: DETAIL_MAX_CHARS - 3] + "..."
 
 
+def seconds_text(seconds: float) -> str:
+    """``"9.87s"``, ``"1800s"``: a duration for a detail, never in exponent notation."""
+    return f"{round(seconds, 2):.15g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class Deleted:
     """The resource no longer exists at the provider; ``not_found`` when it was already gone."""

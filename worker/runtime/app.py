@@ -27,6 +27,7 @@ from worker.observability.logging import register_secret
 from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings
 from worker.providers.gateway import ProviderGateway
+from worker.providers.limits import BreakerPolicy
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ async def open_app(
         pool = await stack.enter_async_context(
             open_pool(db.dsn, min_size=db.pool_min_size, max_size=db.pool_max_size)
         )
+        breaker = config.providers.circuit_breaker
         gateway = ProviderGateway(
             config.providers,
+            breaker=BreakerPolicy(breaker.failure_threshold, breaker.cooldown_seconds),
             observer=metrics.provider_observer,
             http_client=http_client,
             environ=environ,

@@ -156,8 +156,9 @@ def start_postgres(kind: str | None = None, *, data_dir: Path | None = None) -> 
 
     ``kind`` defaults to ``$CLEANUP_WORKER_TEST_PG``, else the first available kind in the order
     env, embedded, system, docker. ``data_dir`` keeps the cluster in a directory of the caller's
-    choosing (created and initialised if empty, reused if it already holds a cluster, never
-    deleted); it only applies to the embedded and system kinds.
+    choosing whose parent exists (created and initialised if missing or empty, reused if it
+    holds a cluster, never deleted); it only applies to the embedded and system kinds. As root
+    the server runs as an unprivileged OS user, which must be able to reach that directory.
     """
     chosen = kind or os.environ.get(ENV_KIND) or _first_available_kind()
     if chosen not in KINDS:
@@ -372,8 +373,14 @@ class _DockerServer(PostgresServer):
     def close(self) -> None:
         _live_servers.pop(self, None)
         container, self._container = self._container, None
-        if container is not None:
+        if container is None:
+            return
+        try:
             container.stop()
+        except Exception as exc:  # docker raises its own types; the reaper container remains
+            raise ProvisioningError(
+                f"cannot remove the docker PostgreSQL: {type(exc).__name__}: {_one_line(str(exc))}"
+            ) from None
 
 
 class _LocalServer(PostgresServer):
@@ -397,19 +404,22 @@ class _LocalServer(PostgresServer):
         self._run_dir = self._instance / "run"
         self._owns_data = data_dir is None
         self._data = self._instance / "data" if data_dir is None else data_dir.resolve()
+        self._made_data_dir = False
         self._postmaster: subprocess.Popen[bytes] | None = None
         self._closed = False
         _live_servers[self] = os.getpid()
         _install_exit_hooks()
         try:
-            self._make_private_dir(self._run_dir)
-            self._prepare_data_dir()
+            self._prepare_dirs()
             if not (self._data / "PG_VERSION").exists():
                 self._initdb()
             self.start()
             self.server_version_num = _server_version(self.kind, self.dsn())
         except BaseException:
             self.close()
+            if self._made_data_dir:
+                # Leave no half-made cluster behind to trip up the next attempt.
+                shutil.rmtree(self._data, ignore_errors=True)
             raise
 
     @property
@@ -492,17 +502,25 @@ class _LocalServer(PostgresServer):
         if self._closed:
             raise ProvisioningError(f"this {self.kind} PostgreSQL has been closed")
 
-    def _prepare_data_dir(self) -> None:
-        if self._owns_data:
-            self._make_private_dir(self._data)
-            return
-        if not self._data.exists() or not any(self._data.iterdir()):
-            self._make_private_dir(self._data, parents=True)
-        # The reaper finds a caller's data directory through this link.
-        (self._instance / "data").symlink_to(self._data, target_is_directory=True)
+    def _prepare_dirs(self) -> None:
+        try:
+            self._make_private_dir(self._run_dir)
+            if self._owns_data:
+                self._make_private_dir(self._data)
+                return
+            if not self._data.exists():
+                self._make_private_dir(self._data)
+                self._made_data_dir = True
+            elif not any(self._data.iterdir()):
+                # initdb, running as the server user, must own an empty directory it is given.
+                self._make_private_dir(self._data)
+            # The reaper finds a caller's data directory through this link.
+            (self._instance / "data").symlink_to(self._data, target_is_directory=True)
+        except OSError as exc:
+            raise ProvisioningError(f"cannot prepare a PostgreSQL data directory: {exc}") from None
 
-    def _make_private_dir(self, path: Path, *, parents: bool = False) -> None:
-        path.mkdir(mode=0o700, parents=parents, exist_ok=True)
+    def _make_private_dir(self, path: Path) -> None:
+        path.mkdir(mode=0o700, exist_ok=True)
         if self._os_user is not None:
             os.chown(path, self._os_user.pw_uid, self._os_user.pw_gid)
 
@@ -641,9 +659,11 @@ def _reap_orphans() -> None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
-            orphan = _orphan_postmaster((instance / "data").resolve(), instance / "run")
+            data = instance / "data"
+            orphan = _orphan_postmaster(data.resolve(), instance / "run")
             if orphan is not None:
-                _stop_process(orphan, signal.SIGQUIT)
+                # A caller's data directory (the symlink) is kept: shut it down cleanly.
+                _stop_process(orphan, signal.SIGINT if data.is_symlink() else signal.SIGQUIT)
             shutil.rmtree(instance)
         except OSError as exc:
             raise ProvisioningError(f"cannot reap leftover PostgreSQL {instance}: {exc}") from None
