@@ -384,7 +384,9 @@ def demo(
     base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
     options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
     with contextlib.ExitStack() as stack:
-        dsn = g.dsn or _start_demo_database(stack, keep=keep)
+        dsn, stop_hint = g.dsn or "", ""
+        if not dsn:
+            dsn, stop_hint = _start_demo_database(stack, keep=keep)
         fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))
         if not as_json:
             click.echo(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}", err=True)
@@ -395,21 +397,19 @@ def demo(
         click.echo(
             json.dumps(summary, indent=2, default=str)
             if as_json
-            else render.demo_summary(summary, dsn=dsn, keep=keep)
+            else render.demo_summary(summary, dsn=dsn, keep=keep, stop_hint=stop_hint)
         )
 
 
-def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> str:
+def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
+    """A throwaway server with a demo database; returns its DSN and, if kept, how to stop it."""
     from worker.sandbox.postgres import start_postgres
 
     server = start_postgres()
-    if keep:
-        server.detach()
-    else:
-        stack.callback(server.close)
+    stack.callback(server.close)  # a no-op once detached
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute(b"CREATE DATABASE cleanup_worker_demo")
-    return server.dsn("cleanup_worker_demo")
+    return server.dsn("cleanup_worker_demo"), server.detach() if keep else ""
 
 
 def exit_code(exc: CleanupWorkerError) -> int:

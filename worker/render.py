@@ -171,7 +171,7 @@ class DrainProgress:
             self._bar.__exit__(exc_type, exc, tb)
 
 
-def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool) -> str:
+def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool, stop_hint: str) -> str:
     world, drained = summary["world"], summary["drain"]
     rows = [
         [
@@ -209,6 +209,7 @@ def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool) -> str:
             f"Inspect:  cleanup-worker {target} status",
             f"          cleanup-worker {target} dead-letters list",
             f"Fix:      cleanup-worker {target} retry-failed --all   (after fixing the key)",
+            *([f"Stop it:  {stop_hint}"] if stop_hint else []),
         ]
     else:
         lines += [

@@ -2,29 +2,29 @@
 
 Why a real server and not a mock transport: the worker's failure handling lives in the SDK's
 connection pool, timeouts and retries, which only a peer on a real socket exercises. Tests, the
-``demo`` command and the benchmarks all run against this server; it is stateful (a second delete
-of an id answers 404), records every request, and can be told to misbehave (`Fault`).
+``demo`` command and the benchmarks run against this server; it is stateful (a second delete of an
+id answers 404), records every request, and misbehaves on demand (`Fault`).
 
-Wire, as the SDK sends it (see ``/work/shared/reference/openai.md``)::
+Wire, as the SDK sends it::
 
-    OpenAI        DELETE {prefix}/v1/files/{id}                         Authorization: Bearer K
-                  DELETE {prefix}/v1/vector_stores/{id}
-    Azure         DELETE {prefix}/openai/files/{id}?api-version=V      api-key: K  (or Bearer token)
-                  DELETE {prefix}/openai/vector_stores/{id}?api-version=V
-    Azure v1 GA   DELETE {prefix}/openai/v1/files/{id}                  Bearer or api-key
+    OpenAI       DELETE {prefix}/v1/files/{id}                         Authorization: Bearer K
+                 DELETE {prefix}/v1/vector_stores/{id}
+    Azure        DELETE {prefix}/openai/files/{id}?api-version=V      api-key: K (or Bearer)
+                 DELETE {prefix}/openai/vector_stores/{id}?api-version=V
+    Azure v1 GA  DELETE {prefix}/openai/v1/files/{id}                  Bearer or api-key
 
-``{prefix}`` is any path (possibly empty): ``url + "/tenant-b"`` plays a tenant's own endpoint,
-so one server can stand in for many upstreams and `Fault.path_contains` can break just one.
+``{prefix}`` is any path, usually empty: ``url + "/tenant-b"`` plays a tenant's own endpoint, so
+one server stands in for many upstreams and ``Fault(path_contains="/tenant-b/")`` breaks just one.
 
-Run it as a process with ``python -m worker.sandbox.fake_openai --port N``; it prints its URL and
-serves until SIGTERM. ``GET /_fake/summary`` reports what it deleted, for callers that cannot
-read the in-process request log.
+As a process (``python -m worker.sandbox.fake_openai --port N``) it prints its URL and serves
+until SIGTERM; ``GET /_fake/summary`` then reports what it deleted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -49,25 +49,14 @@ AuthScheme = Literal["bearer", "api-key", "none"]
 
 # Azure vector stores need 2024-05-01-preview or later; the chat service ships 2025-03-01-preview.
 DEFAULT_AZURE_API_VERSIONS: Final = frozenset(
-    {
-        "2024-05-01-preview",
-        "2024-06-01",
-        "2024-07-01-preview",
-        "2024-08-01-preview",
-        "2024-09-01-preview",
-        "2024-10-01-preview",
-        "2024-10-21",
-        "2024-12-01-preview",
-        "2025-01-01-preview",
-        "2025-02-01-preview",
-        "2025-03-01-preview",
-        "2025-04-01-preview",
-    }
+    "2024-05-01-preview 2024-06-01 2024-07-01-preview 2024-08-01-preview 2024-09-01-preview "
+    "2024-10-01-preview 2024-10-21 2024-12-01-preview 2025-01-01-preview 2025-02-01-preview "
+    "2025-03-01-preview 2025-04-01-preview".split()
 )
 
-# The lazy prefix lets "/openai/v1/files/x" be read as Azure v1 GA, not as prefix "/openai".
+# The lazy prefix reads "/openai/v1/files/x" as Azure v1 GA, not as prefix "/openai" + OpenAI.
 _ROUTE: Final = re.compile(
-    r"^(?:/[^/]+)*?(?P<api>/openai/v1|/openai|/v1)/(?P<collection>files|vector_stores)/(?P<id>[^/]+)$"
+    r"^(?:/[^/]+)*?(?P<api>/openai/v1|/openai|/v1)/(?P<kind>files|vector_stores)/(?P<id>[^/]+)$"
 )
 _RESOURCES: Final[Mapping[str, Resource]] = {"files": "file", "vector_stores": "vector_store"}
 _DELETED_OBJECT: Final[Mapping[Resource, str]] = {
@@ -75,18 +64,22 @@ _DELETED_OBJECT: Final[Mapping[Resource, str]] = {
     "vector_store": "vector_store.deleted",
     "other": "unknown",
 }
+_UNAUTHORIZED: Final[Mapping[Flavor, tuple[str, str]]] = {
+    "openai": ("Incorrect API key provided.", "invalid_api_key"),
+    "azure": ("Access denied due to invalid subscription key or wrong API endpoint.", "401"),
+}
 _SUMMARY_PATH: Final = "/_fake/summary"
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One way for the server to misbehave, for the requests it matches.
+    """One way to misbehave, for the requests it matches (``times``: how many; None: forever).
 
-    At most one of ``status``, ``reset`` and ``deleted_false`` is set; ``delay_seconds`` combines
-    with any of them, and a delay-only fault lets the request proceed normally afterwards (so a
-    client that timed out may still have deleted the resource, as with the real API).
-    ``status`` and ``reset`` answer before authentication; ``deleted_false`` replaces the answer of
-    a delete that passed every check. Faulted requests never change state.
+    At most one of ``status``, ``reset`` and ``deleted_false``; ``delay_seconds`` combines with
+    any, and a delay-only fault then answers normally, so a client that timed out may still have
+    deleted the resource, as with the real API. ``status`` and ``reset`` strike before
+    authentication; ``deleted_false`` replaces the answer of a delete that passed every check.
+    Faulted requests never change state.
     """
 
     status: int | None = None
@@ -109,13 +102,13 @@ class Fault:
             raise ValueError(f"Fault.delay_seconds must be >= 0, got {self.delay_seconds}")
 
     def matches(self, path: str, api_key: str | None) -> bool:
-        """Whether this fault targets a request (``path`` without the query string)."""
+        """Whether this fault targets a request (``path``: decoded, without the query)."""
         return self.path_contains in path and (self.key is None or self.key == api_key)
 
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server saw it and answered it (``status`` is None after a reset)."""
+    """One request as the server saw and answered it (``status`` is None after a reset)."""
 
     method: str
     path: str
@@ -127,7 +120,7 @@ class RecordedRequest:
     resource: Resource
     resource_id: str | None
     flavor: Flavor
-    at: float
+    at: float  # arrival, time.monotonic()
     deleted: bool = False  # answered "deleted": true, i.e. this request removed the resource
 
 
@@ -154,7 +147,7 @@ class _ActiveFault:
 
 
 class _TokenBucket:
-    """Global request-rate limit: ``rate`` tokens per second, bursts of one second's worth."""
+    """The global request-rate limit: ``rate`` tokens a second, bursts of one second's worth."""
 
     def __init__(self, rate: float) -> None:
         if rate <= 0:
@@ -165,7 +158,7 @@ class _TokenBucket:
         self._last = time.monotonic()
 
     def take(self, now: float) -> float:
-        """Take a token: 0.0 if one was available, else the seconds until the next one is."""
+        """Take a token: 0.0 if one was there, else the seconds until the next one is."""
         self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
         self._last = now
         if self._tokens >= 1.0:
@@ -179,12 +172,11 @@ def _route(path: str) -> _Route:
     if match is None:
         flavor: Flavor = "azure" if "/openai/" in f"{path}/" else "openai"
         return _Route(flavor, "other", None, needs_api_version=False)
-    api = match["api"]
     return _Route(
-        flavor="openai" if api == "/v1" else "azure",
-        resource=_RESOURCES[match["collection"]],
+        flavor="openai" if match["api"] == "/v1" else "azure",
+        resource=_RESOURCES[match["kind"]],
         resource_id=unquote(match["id"]),
-        needs_api_version=api == "/openai",
+        needs_api_version=match["api"] == "/openai",
     )
 
 
@@ -193,22 +185,20 @@ def _credentials(headers: Mapping[str, str], flavor: Flavor) -> tuple[AuthScheme
     if flavor == "azure" and "api-key" in headers:
         return "api-key", headers["api-key"]
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
+    if scheme.lower() == "bearer" and token.strip():
         return "bearer", token.strip()
     return "none", None
 
 
 def _error(status: int, message: str, code: str | None = None, **headers: str) -> _Answer:
-    """An error answer shaped like OpenAI's (Azure's carries the same ``error`` object)."""
+    """An error shaped like OpenAI's; ``retry_after=`` becomes the header ``retry-after``."""
     kind = "invalid_request_error"
     if status == 429:
         kind = "requests"
     elif status >= 500:
         kind = "server_error"
-    body: dict[str, object] = {
-        "error": {"message": message, "type": kind, "param": None, "code": code}
-    }
-    return _Answer(status, body, {name.replace("_", "-"): value for name, value in headers.items()})
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return _Answer(status, {"error": error}, {k.replace("_", "-"): v for k, v in headers.items()})
 
 
 def _deleted(route: _Route, deleted: bool) -> _Answer:
@@ -234,51 +224,36 @@ class FakeOpenAI:
         rate_limit_rps: float | None = None,
         implicit_ids: bool = False,
     ) -> None:
-        """``implicit_ids``: every id not deleted yet exists (for runs that cannot seed state)."""
+        """``implicit_ids``: any id not deleted yet exists, for runs that cannot seed state."""
         self._api_keys = None if api_keys is None else frozenset(api_keys)
-        self._azure_api_versions = frozenset(
-            DEFAULT_AZURE_API_VERSIONS if azure_api_versions is None else azure_api_versions
-        )
+        self._azure_api_versions = frozenset(azure_api_versions or DEFAULT_AZURE_API_VERSIONS)
         self._address = (host, port)
         self._latency_seconds = latency_seconds
         self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
         self._implicit_ids = implicit_ids
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards everything below, never held during I/O
         self._files: set[str] = set()
         self._store_files: dict[str, set[str]] = {}
         self._gone: set[tuple[Resource, str]] = set()
         self._faults: list[_ActiveFault] = []
         self._log: list[RecordedRequest] = []
-        self._connections: set[socket.socket] = set()
-        self._stopping = threading.Event()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeOpenAI:
         if self._server is not None:
-            raise RuntimeError("FakeOpenAI is already started (it cannot be restarted after stop)")
+            raise RuntimeError("FakeOpenAI is already started (and cannot restart after stop)")
         self._server = _Server(self._address, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-openai", daemon=True
-        )
-        self._thread.start()
+        # A short poll interval: stop() waits for the accept loop to notice, once per test.
+        threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="fake-openai", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and drop open connections, so idle keep-alive clients see it at once."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None or self._stopping.is_set():
-            return
-        self._stopping.set()
-        server.shutdown()
-        thread.join()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            _shutdown_quietly(connection)
-        server.server_close()
+        if self._server is not None:
+            self._server.close()
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -313,7 +288,7 @@ class FakeOpenAI:
             self._files.add(file_id)
 
     def add_vector_store(self, vs_id: str, file_ids: Iterable[str] = ()) -> None:
-        """Create a vector store holding ``file_ids``; files not created yet are created too."""
+        """Create a vector store holding ``file_ids``; files that do not exist are created too."""
         members = set(file_ids)
         with self._lock:
             self._files |= members
@@ -346,10 +321,10 @@ class FakeOpenAI:
             return list(self._log)
 
     def deletes(self, resource: Resource | None = None) -> list[RecordedRequest]:
-        """Requests that deleted something (2xx, ``deleted: true``), optionally of one kind."""
+        """Requests that deleted something (``deleted: true``), optionally of one kind."""
         return [r for r in self.requests() if r.deleted and resource in (None, r.resource)]
 
-    # -- request handling (called from handler threads) --------------------------------------
+    # -- request handling, from handler threads -----------------------------------------------
 
     def _take_fault(self, path: str, api_key: str | None) -> Fault | None:
         with self._lock:
@@ -360,59 +335,38 @@ class FakeOpenAI:
                     return active.fault
         return None
 
-    def _answer(
-        self,
-        method: str,
-        route: _Route,
-        query: Mapping[str, str],
-        api_key: str | None,
-        fault: Fault | None,
-        path: str,
-    ) -> _Answer:
-        """Decide the answer and apply it to the state, atomically (one lock, no I/O)."""
-        if self._api_keys is not None and api_key not in self._api_keys:
-            if route.flavor == "azure":
-                return _error(
-                    401,
-                    "Access denied due to invalid subscription key or wrong API endpoint.",
-                    "401",
-                )
-            return _error(401, "Incorrect API key provided.", "invalid_api_key")
-        if route.resource == "other":
+    def _answer(self, request: RecordedRequest, route: _Route, fault: Fault | None) -> _Answer:
+        """Check the request as the provider would, then apply it to the state atomically."""
+        if self._api_keys is not None and request.api_key not in self._api_keys:
+            return _error(401, *_UNAUTHORIZED[route.flavor])
+        if route.resource_id is None:
             if route.flavor == "azure":
                 return _error(404, "Resource not found", "404")
-            return _error(404, f"Invalid URL ({method} {path})")
-        if method != "DELETE":
-            return _error(405, f"Method {method} not allowed: only DELETE", Allow="DELETE")
+            return _error(404, f"Invalid URL ({request.method} {request.path})")
+        if request.method != "DELETE":
+            return _error(405, f"{request.method} not allowed: only DELETE", Allow="DELETE")
         if route.needs_api_version:
-            version = query.get("api-version")
+            version = request.query.get("api-version")
             if version is None:
-                return _error(
-                    400,
-                    "Missing required query parameter 'api-version'.",
-                    "MissingApiVersionParameter",
-                )
+                return _error(400, "Missing query parameter 'api-version'.", "BadRequest")
             if version not in self._azure_api_versions:
                 return _error(400, "API version not supported", "BadRequest")
-        assert route.resource_id is not None  # every resource route names an id
         with self._lock:
-            if self._bucket is not None:
-                wait = self._bucket.take(time.monotonic())
-                if wait > 0:
-                    # Both headers, as OpenAI sends them; the SDK prefers the milliseconds.
-                    return _error(
-                        429,
-                        "Rate limit reached for requests.",
-                        "rate_limit_exceeded",
-                        retry_after=str(math.ceil(wait)),
-                        retry_after_ms=str(math.ceil(wait * 1000)),
-                    )
+            wait = 0.0 if self._bucket is None else self._bucket.take(time.monotonic())
+            if wait > 0:  # both headers, as OpenAI sends them; the SDK prefers milliseconds
+                return _error(
+                    429,
+                    "Rate limit reached for requests.",
+                    "rate_limit_exceeded",
+                    retry_after=str(math.ceil(wait)),
+                    retry_after_ms=str(math.ceil(wait * 1000)),
+                )
             if fault is not None and fault.deleted_false:
                 return _deleted(route, False)
             return self._delete(route, route.resource_id)
 
     def _delete(self, route: _Route, resource_id: str) -> _Answer:
-        """Delete one resource; the caller holds the lock."""
+        """Delete one resource (the caller holds the lock); a file also leaves its stores."""
         is_file = route.resource == "file"
         live = resource_id in (self._files if is_file else self._store_files)
         if not live and (not self._implicit_ids or (route.resource, resource_id) in self._gone):
@@ -433,8 +387,7 @@ class FakeOpenAI:
             self._log.append(request)
 
     def _summary(self) -> dict[str, object]:
-        with self._lock:
-            log = list(self._log)
+        log = self.requests()
         return {
             "requests": len(log),
             "statuses": dict(Counter(str(r.status) for r in log)),
@@ -446,6 +399,8 @@ class FakeOpenAI:
 
 
 class _Server(ThreadingHTTPServer):
+    """Thread per connection; tracks open connections so that close() can drop them."""
+
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections would make server_close() hang
     request_queue_size = 1024  # the default backlog of 5 drops SYNs when 100 clients connect
@@ -453,6 +408,30 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
         super().__init__(address, _Handler)
         self.fake = fake
+        self.closing = threading.Event()  # also wakes handlers sleeping out a latency
+        self._connections_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+
+    def track(self, connection: socket.socket, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+        if open_ and self.closing.is_set():  # accepted while close() was dropping connections
+            _shutdown_quietly(connection)
+
+    def close(self) -> None:
+        """Stop accepting, then drop open connections so idle clients notice at once."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        self.shutdown()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            _shutdown_quietly(connection)
+        self.server_close()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A client that timed out or a reset fault leaves a dead socket behind: expected, quiet.
@@ -461,77 +440,63 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's pool expects
     server_version = "fake-openai"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms stall
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid a 40 ms stall
     server: _Server
 
     def setup(self) -> None:
         super().setup()
-        fake = self.server.fake
-        with fake._lock:
-            fake._connections.add(self.connection)
-        if fake._stopping.is_set():  # accepted while stop() was closing connections
-            _shutdown_quietly(self.connection)
+        self.server.track(self.connection, open_=True)
 
     def finish(self) -> None:
-        with self.server.fake._lock:
-            self.server.fake._connections.discard(self.connection)
+        self.server.track(self.connection, open_=False)
         super().finish()
 
     def log_message(self, format: str, *args: object) -> None:
-        """Quiet: per-request lines on stderr would drown test and benchmark output."""
+        """Quiet: a line per request on stderr would drown test and benchmark output."""
 
     def do_DELETE(self) -> None:
-        self._serve()
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
-
-    def _serve(self) -> None:
         at = time.monotonic()
         self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep the connection usable
-        fake = self.server.fake
         url = urlsplit(self.path)
-        path = unquote(url.path)
-        if url.path == _SUMMARY_PATH and self.command == "GET":
+        fake = self.server.fake
+        if url.path == _SUMMARY_PATH:
             self._send(_Answer(200, fake._summary()), {})
             return
         route = _route(url.path)
-        query = dict(parse_qsl(url.query))
         headers = {name.lower(): value for name, value in self.headers.items()}
         scheme, api_key = _credentials(headers, route.flavor)
-        fault = fake._take_fault(path, api_key)
+        request = RecordedRequest(
+            method=self.command,
+            path=url.path,
+            query=dict(parse_qsl(url.query)),
+            api_key=api_key,
+            auth_scheme=scheme,
+            headers=headers,
+            status=None,
+            resource=route.resource,
+            resource_id=route.resource_id,
+            flavor=route.flavor,
+            at=at,
+        )
+        fault = fake._take_fault(unquote(url.path), api_key)
         delay = fake._latency_seconds + (fault.delay_seconds if fault is not None else 0.0)
         if delay > 0:
-            fake._stopping.wait(delay)
+            self.server.closing.wait(delay)
         if fault is not None and fault.reset:
-            answer = None
-        elif fault is not None and fault.status is not None:
-            reason = responses.get(fault.status, "Error")
-            answer = _error(fault.status, f"{reason} (injected fault)")
-        else:
-            answer = fake._answer(self.command, route, query, api_key, fault, url.path)
-        # Recorded before answering, so a client that has its answer also finds it in the log.
-        fake._record(
-            RecordedRequest(
-                method=self.command,
-                path=url.path,
-                query=query,
-                api_key=api_key,
-                auth_scheme=scheme,
-                headers=headers,
-                status=None if answer is None else answer.status,
-                resource=route.resource,
-                resource_id=route.resource_id,
-                flavor=route.flavor,
-                at=at,
-                deleted=answer is not None and answer.deleted,
-            )
-        )
-        if answer is None:
+            fake._record(request)
             self._reset()
+            return
+        if fault is not None and fault.status is not None:
+            answer = _error(fault.status, f"{responses.get(fault.status, 'Error')} (injected)")
         else:
-            self._send(answer, fault.headers if fault is not None else {})
+            answer = fake._answer(request, route, fault)
+        # Recorded before answering, so a client holding its answer also finds it in the log.
+        fake._record(dataclasses.replace(request, status=answer.status, deleted=answer.deleted))
+        self._send(answer, fault.headers if fault is not None else {})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
 
     def _send(self, answer: _Answer, extra_headers: Mapping[str, str]) -> None:
         body = json.dumps(answer.body).encode()
@@ -558,28 +523,21 @@ def _shutdown_quietly(connection: socket.socket) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, printing the URL first (benchmarks and multi-process tests)."""
+    """Serve until SIGTERM/SIGINT, printing the URL first (benchmarks, multi-process tests)."""
     parser = argparse.ArgumentParser(
         prog="python -m worker.sandbox.fake_openai",
         description="Local OpenAI / Azure OpenAI delete API with a request log and faults.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        dest="api_keys",
-        metavar="KEY",
-        help="accepted key (repeatable); default: any key",
-    )
+    parser.add_argument("--api-key", action="append", dest="api_keys", help="repeatable")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--rate-limit-rps", type=float, default=None, metavar="RPS")
-    parser.add_argument(
-        "--implicit-ids",
-        action="store_true",
-        help="treat every id as existing until deleted (nothing can be seeded)",
-    )
+    parser.add_argument("--rate-limit-rps", type=float, metavar="RPS")
+    parser.add_argument("--implicit-ids", action="store_true", help="ids exist until deleted")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     fake = FakeOpenAI(
         api_keys=args.api_keys,
         host=args.host,
@@ -588,9 +546,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_limit_rps=args.rate_limit_rps,
         implicit_ids=args.implicit_ids,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         fake.start()
     except OSError as exc:

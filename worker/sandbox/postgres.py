@@ -84,6 +84,9 @@ _SETTINGS: Final = {
     "max_connections": "300",
 }
 
+# An instance detached on purpose (demo --keep): the reaper leaves it while its server runs.
+KEPT_MARKER: Final = "kept"
+
 _START_TIMEOUT_S: Final = 60
 _STOP_TIMEOUT_S: Final = 30.0
 
@@ -132,6 +135,13 @@ class PostgresServer(ABC):
     def start(self) -> None:
         """Start a stopped server again; the DSNs handed out before keep working."""
         raise self._not_restartable()
+
+    def detach(self) -> str:
+        """Leave the server running after this process exits (``demo --keep``).
+
+        Returns the shell command that stops it and removes its files.
+        """
+        raise ProvisioningError(f"a {self.kind} PostgreSQL is not ours to keep running")
 
     def _not_restartable(self) -> ProvisioningError:
         return ProvisioningError(
@@ -492,6 +502,15 @@ class _LocalServer(PostgresServer):
         finally:
             os.close(self._owner_fd)
 
+    def detach(self) -> str:
+        self._check_open()
+        assert self._postmaster is not None, "start() the server before detaching it"
+        (self._instance / KEPT_MARKER).touch()
+        _live_servers.pop(self, None)
+        self._closed = True
+        os.close(self._owner_fd)
+        return f"kill -INT {self._postmaster.pid} && rm -rf {self._instance}"
+
     def _reap(self, how: signal.Signals) -> None:
         postmaster, self._postmaster = self._postmaster, None
         if postmaster is not None:
@@ -661,6 +680,8 @@ def _reap_orphans() -> None:
                     continue  # its owner is alive
             data = instance / "data"
             orphan = _orphan_postmaster(data.resolve(), instance / "run")
+            if orphan is not None and (instance / KEPT_MARKER).exists():
+                continue  # left running on purpose (demo --keep); removed once it is stopped
             if orphan is not None:
                 # A caller's data directory (the symlink) is kept: shut it down cleanly.
                 _stop_process(orphan, signal.SIGINT if data.is_symlink() else signal.SIGQUIT)
