@@ -14,7 +14,8 @@ from pathlib import Path
 from worker.config import BackendConfig, Config, TenantOverride, redact
 from worker.db.migrate import pending_migrations
 from worker.db.pool import connect, translate_errors
-from worker.errors import CleanupWorkerError
+from worker.errors import CleanupWorkerError, ConfigError
+from worker.providers.routing import Router
 
 
 @dataclass
@@ -35,6 +36,10 @@ class CheckReport:
 async def check_config(config: Config, *, environ: dict[str, str]) -> CheckReport:
     report = CheckReport()
     report.add(True, "configuration: valid")
+    try:
+        Router(config.providers)
+    except ConfigError as exc:
+        report.add(False, str(exc))
     await _check_database(config, report)
     for label, backend in config.providers.backends.items():
         _check_key(report, f"providers.backends.{label}", backend, environ)
