@@ -28,7 +28,7 @@ from worker.errors import DatabaseUnavailable
 from worker.observability.http import HealthServer
 from worker.runtime.app import App
 from worker.runtime.reporting import record_round
-from worker.runtime.status import backlog_snapshot, read_status
+from worker.runtime.status import refresh_backlog
 
 log = structlog.get_logger("worker.runtime")
 
@@ -134,10 +134,7 @@ class Daemon:
         return False
 
     async def _refresh_backlog(self) -> bool:
-        with translate_errors():
-            async with self.app.pool.connection() as conn:
-                status = await read_status(conn, self.app.queues, all_attachments=False)
-        self.app.metrics.set_backlog(backlog_snapshot(status))
+        await refresh_backlog(self.app.pool, self.app.metrics, self.app.queues)
         return False
 
     async def _loop(self, name: str, step: Step, idle_seconds: float) -> None:

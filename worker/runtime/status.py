@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
+
 from worker.db import Conn
+from worker.db.pool import translate_errors
 from worker.db.queries import q
-from worker.observability.metrics import BacklogSnapshot, queue_kind
+from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,13 @@ def backlog_snapshot(status: Status) -> BacklogSnapshot:
         attachments_failed=status.attachments.get("failed", 0),
         vector_stores_pending=status.outstanding_vector_stores,
     )
+
+
+async def refresh_backlog(
+    pool: AsyncConnectionPool, metrics: Metrics, queues: Sequence[str]
+) -> None:
+    """Read the backlog and set every backlog gauge (the daemon does this periodically)."""
+    with translate_errors():
+        async with pool.connection() as conn:
+            status = await read_status(conn, queues, all_attachments=False)
+    metrics.set_backlog(backlog_snapshot(status))
