@@ -187,7 +187,7 @@ class Runner:
             return Reject(f"no handler for queue {message.queue!r}")
         try:
             async with asyncio.timeout(self._budget):
-                return await handler(message)
+                outcome = await handler(message)
         except TimeoutError:
             return Retry(RetryReason.HANDLER_TIMEOUT, f"handler exceeded {self._budget:g}s")
         except DatabaseUnavailable as exc:
@@ -195,6 +195,10 @@ class Runner:
         except Exception as exc:  # a handler bug must not stall the partition
             log.exception("handler_crashed")
             return Retry(RetryReason.HANDLER_ERROR, type(exc).__name__)
+        if not isinstance(outcome, Ok | Retry | Reject):  # a bug too: must not crash the round
+            log.error("handler_bad_outcome", returned=type(outcome).__name__)
+            return Retry(RetryReason.HANDLER_ERROR, f"handler returned {type(outcome).__name__}")
+        return outcome
 
 
 def _log_outcome(outcome: Outcome, seconds: float) -> None:

@@ -1,0 +1,267 @@
+"""Partition leases: acquire, release, idle polls, crashes, lost leases, heartbeats (§4.3-4.4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.models import Message, Ok, Reject, Retry, RetryReason
+from worker.outbox import processor
+
+from .helpers import (
+    AQ,
+    CQ,
+    Recorder,
+    count,
+    dead_letters,
+    drain,
+    enqueue_many,
+    expire_lease,
+    make_engine,
+    processor_row,
+    retry_rows,
+    rows,
+)
+
+
+async def _crash(pool, worker_id: str, expected_seqs: list[int]) -> int:
+    """Lease the queue's only busy partition and read its batch, then never ack (a crash)."""
+    leases = await processor.lease_partitions(
+        pool, AQ, worker_id=worker_id, lease_seconds=30, limit=4
+    )
+    assert len(leases) == 1
+    batch = await processor.read_batch(pool, leases[0], limit=100)
+    assert [e.message.seq for e in batch] == expected_seqs
+    return batch[0].message.delivery
+
+
+async def test_lease_held_during_batch_and_released_after_ack(pool, conn):
+    await enqueue_many(conn, AQ, 1, range(2))
+    during: list[dict] = []
+
+    async def handler(message: Message):
+        during.append(await processor_row(conn, AQ, 1))
+        return Ok()
+
+    engine = make_engine(pool, {AQ: handler})
+    report = await drain(engine, AQ)
+    assert report.handled == 2
+    assert report.leases_lost == 0
+    assert len(during) == 2
+    for row in during:
+        assert row["locked_by"] == engine.worker_id
+        assert row["lease_live"] is True
+        assert row["attempts"] == 1
+        assert row["processed_seq"] == 0
+    after = await processor_row(conn, AQ, 1)
+    assert after["processed_seq"] == 2
+    assert after["attempts"] == 0
+    assert after["locked_by"] is None
+    assert after["locked_until"] is None
+    assert after["last_error"] is None
+
+
+async def test_idle_polls_do_not_raise_attempts_or_write_processor_rows(pool, conn):
+    # One partition already processed (work done, cursor at the end), the rest never used.
+    await enqueue_many(conn, AQ, 0, range(2))
+    engine = make_engine(pool, {AQ: Recorder(), CQ: Recorder()})
+    await drain(engine, AQ)
+    query = (
+        "SELECT partition_id, xmin::text AS xmin, attempts, locked_by FROM modkit_outbox_processor"
+    )
+    before = await rows(conn, query + " ORDER BY partition_id")
+
+    for _ in range(5):
+        assert await engine.sequence() == 0
+        for queue in (AQ, CQ):
+            report = await engine.process_partitions(queue, max_partitions=8)
+            assert report.handled == 0
+            assert report.partitions == 0
+
+    after = await rows(conn, query + " ORDER BY partition_id")
+    assert after == before  # same row versions: not even rewritten
+    assert {row["attempts"] for row in after} == {0}
+    assert {row["locked_by"] for row in after} == {None}
+
+
+async def test_crash_leaves_attempts_and_lock_then_next_owner_sees_second_delivery(pool, conn):
+    await enqueue_many(conn, AQ, 2, range(2))
+    engine = make_engine(pool, {AQ: (handler := Recorder())})
+    await engine.sequence()
+    assert await _crash(pool, "crashed-worker", [1, 2]) == 1
+
+    row = await processor_row(conn, AQ, 2)
+    assert row["attempts"] == 1
+    assert row["locked_by"] == "crashed-worker"
+    assert row["processed_seq"] == 0
+
+    # While the dead worker's lease runs, nobody else gets the partition.
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert report.handled == 0
+    assert handler.seen == []
+
+    await expire_lease(conn, AQ, 2)
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert report.handled == 2
+    assert [m.delivery for m in handler.seen] == [2, 2]
+    row = await processor_row(conn, AQ, 2)
+    assert (row["processed_seq"], row["attempts"], row["locked_by"]) == (2, 0, None)
+
+
+async def test_multiple_crashes_accumulate_attempts(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(1))
+    engine = make_engine(pool, {AQ: (handler := Recorder())})
+    await engine.sequence()
+    assert await _crash(pool, "crash-1", [1]) == 1
+    await expire_lease(conn, AQ, 0)
+    assert await _crash(pool, "crash-2", [1]) == 2
+    row = await processor_row(conn, AQ, 0)
+    assert (row["attempts"], row["locked_by"], row["processed_seq"]) == (2, "crash-2", 0)
+
+    await expire_lease(conn, AQ, 0)
+    await drain(engine, AQ)
+    assert [m.delivery for m in handler.seen] == [3]
+    row = await processor_row(conn, AQ, 0)
+    assert (row["attempts"], row["locked_by"], row["processed_seq"]) == (0, None, 1)
+
+
+async def test_success_after_crash_resets_attempts_for_the_next_batch(pool, conn):
+    await enqueue_many(conn, AQ, 3, range(1))
+    engine = make_engine(pool, {AQ: (handler := Recorder())})
+    await engine.sequence()
+    await _crash(pool, "crash-1", [1])
+    await expire_lease(conn, AQ, 3)
+    await drain(engine, AQ)
+    assert (await processor_row(conn, AQ, 3))["attempts"] == 0
+
+    await enqueue_many(conn, AQ, 3, range(1, 2))
+    await drain(engine, AQ)
+    assert [m.delivery for m in handler.seen] == [2, 1]
+
+
+async def test_lost_lease_rolls_the_ack_back_and_the_batch_is_delivered_again(pool, conn):
+    await enqueue_many(conn, AQ, 1, range(3))
+    taken = asyncio.Event()
+
+    async def handler(message: Message):
+        if message.delivery == 1:
+            if not taken.is_set():
+                # Another replica takes the partition over while the batch runs.
+                await conn.execute(
+                    "UPDATE modkit_outbox_processor SET locked_by = 'thief'"
+                    " WHERE locked_by IS NOT NULL"
+                )
+                taken.set()
+            # Outcomes that would write rows if the ack went through.
+            return {1: Reject("bad"), 2: Retry(RetryReason.SERVER_ERROR, "503"), 3: Ok()}[
+                message.seq
+            ]
+        return Ok()
+
+    recorder = Recorder(handler)
+    engine = make_engine(pool, {AQ: recorder})
+    await engine.sequence()
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert len(recorder.seen) == 3
+    assert report.leases_lost == 1
+    assert report.dead_lettered == 0
+
+    row = await processor_row(conn, AQ, 1)
+    assert row["processed_seq"] == 0
+    assert row["locked_by"] == "thief"
+    assert await dead_letters(conn) == []
+    assert await retry_rows(conn) == []
+    assert await count(conn, "modkit_outbox_vacuum_counter WHERE counter > 0") == 0
+
+    # The thief dies too; the batch comes back to whoever leases next.
+    await expire_lease(conn, AQ, 1)
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert report.handled == 3
+    assert report.leases_lost == 0
+    assert sorted((m.seq, m.delivery) for m in recorder.seen) == [
+        (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2),
+    ]  # fmt: skip
+    row = await processor_row(conn, AQ, 1)
+    assert (row["processed_seq"], row["locked_by"], row["attempts"]) == (3, None, 0)
+
+
+async def test_lost_lease_by_concurrent_sql_update(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(2))
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(message: Message):
+        started.set()
+        await release.wait()
+        return Reject("would be dead-lettered")
+
+    engine = make_engine(pool, {AQ: handler})
+    await engine.sequence()
+    task = asyncio.create_task(engine.process_partitions(AQ, max_partitions=4))
+    await asyncio.wait_for(started.wait(), 5)
+    await conn.execute(
+        "UPDATE modkit_outbox_processor SET locked_by = 'other-replica',"
+        " locked_until = now() + interval '1 minute' WHERE locked_by = %s",
+        (engine.worker_id,),
+    )
+    release.set()
+    report = await asyncio.wait_for(task, 10)
+    assert report.leases_lost == 1
+    assert await dead_letters(conn) == []
+    assert (await processor_row(conn, AQ, 0))["processed_seq"] == 0
+
+
+@pytest.mark.slow
+async def test_slow_batch_keeps_its_lease_through_heartbeats(pool, conn):
+    lease = 1.5
+    await enqueue_many(conn, AQ, 2, range(1))
+    entered = asyncio.Event()
+
+    async def slow(message: Message):
+        entered.set()
+        await asyncio.sleep(3 * lease)
+        return Ok()
+
+    owner = make_engine(pool, {AQ: slow}, lease_seconds=lease, handler_budget_seconds=20.0)
+    other = make_engine(pool, {AQ: (intruder := Recorder())}, lease_seconds=lease)
+    assert owner.worker_id != other.worker_id
+    await owner.sequence()
+    task = asyncio.create_task(owner.process_partitions(AQ, max_partitions=4))
+    await asyncio.wait_for(entered.wait(), 5)
+
+    polls = 0
+    while not task.done():
+        report = await other.process_partitions(AQ, max_partitions=4)
+        assert report.handled == 0
+        row = await processor_row(conn, AQ, 2)
+        if not task.done():
+            assert row["locked_by"] == owner.worker_id
+        polls += 1
+        await asyncio.sleep(0.1)
+
+    report = task.result()
+    assert polls >= 10  # the other engine really kept polling past the lease
+    assert report.handled == 1
+    assert report.leases_lost == 0
+    assert intruder.seen == []
+    row = await processor_row(conn, AQ, 2)
+    assert (row["processed_seq"], row["locked_by"], row["attempts"]) == (1, None, 0)
+
+
+async def test_release_without_progress_gives_the_attempt_back(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(1))
+    engine = make_engine(pool, {AQ: Recorder()})
+    await engine.sequence()
+    [lease] = await processor.lease_partitions(pool, AQ, worker_id="me", lease_seconds=30, limit=4)
+    assert (lease.partition, lease.processed_seq, lease.attempts) == (0, 0, 1)
+    # Only the holder can release.
+    await processor.release_lease(pool, lease, worker_id="somebody-else")
+    assert (await processor_row(conn, AQ, 0))["locked_by"] == "me"
+    await processor.release_lease(pool, lease, worker_id="me")
+    row = await processor_row(conn, AQ, 0)
+    assert (row["attempts"], row["locked_by"], row["locked_until"]) == (0, None, None)
+    assert row["processed_seq"] == 0
+    # Free again at once: the next round takes it without waiting for an expiry.
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert report.handled == 1
