@@ -49,9 +49,20 @@ AuthScheme = Literal["bearer", "api-key", "none"]
 
 # Azure vector stores need 2024-05-01-preview or later; the chat service ships 2025-03-01-preview.
 DEFAULT_AZURE_API_VERSIONS: Final = frozenset(
-    "2024-05-01-preview 2024-06-01 2024-07-01-preview 2024-08-01-preview 2024-09-01-preview "
-    "2024-10-01-preview 2024-10-21 2024-12-01-preview 2025-01-01-preview 2025-02-01-preview "
-    "2025-03-01-preview 2025-04-01-preview".split()
+    [
+        "2024-05-01-preview",
+        "2024-06-01",
+        "2024-07-01-preview",
+        "2024-08-01-preview",
+        "2024-09-01-preview",
+        "2024-10-01-preview",
+        "2024-10-21",
+        "2024-12-01-preview",
+        "2025-01-01-preview",
+        "2025-02-01-preview",
+        "2025-03-01-preview",
+        "2025-04-01-preview",
+    ]
 )
 
 # The lazy prefix reads "/openai/v1/files/x" as Azure v1 GA, not as prefix "/openai" + OpenAI.
@@ -226,7 +237,11 @@ class FakeOpenAI:
     ) -> None:
         """``implicit_ids``: any id not deleted yet exists, for runs that cannot seed state."""
         self._api_keys = None if api_keys is None else frozenset(api_keys)
-        self._azure_api_versions = frozenset(azure_api_versions or DEFAULT_AZURE_API_VERSIONS)
+        self._azure_api_versions = (
+            DEFAULT_AZURE_API_VERSIONS
+            if azure_api_versions is None
+            else frozenset(azure_api_versions)
+        )
         self._address = (host, port)
         self._latency_seconds = latency_seconds
         self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
@@ -412,14 +427,15 @@ class _Server(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
 
-    def track(self, connection: socket.socket, open_: bool) -> None:
+    def connection_opened(self, connection: socket.socket) -> None:
         with self._connections_lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-        if open_ and self.closing.is_set():  # accepted while close() was dropping connections
+            self._connections.add(connection)
+        if self.closing.is_set():  # accepted while close() was dropping connections
             _shutdown_quietly(connection)
+
+    def connection_closed(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
 
     def close(self) -> None:
         """Stop accepting, then drop open connections so idle clients notice at once."""
@@ -433,10 +449,12 @@ class _Server(ThreadingHTTPServer):
             _shutdown_quietly(connection)
         self.server_close()
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
         # A client that timed out or a reset fault leaves a dead socket behind: expected, quiet.
         if not isinstance(sys.exception(), OSError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -447,10 +465,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.track(self.connection, open_=True)
+        self.server.connection_opened(self.connection)
 
     def finish(self) -> None:
-        self.server.track(self.connection, open_=False)
+        self.server.connection_closed(self.connection)
         super().finish()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -489,7 +507,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         if fault is not None and fault.status is not None:
-            answer = _error(fault.status, f"{responses.get(fault.status, 'Error')} (injected)")
+            answer = _error(
+                fault.status, f"{responses.get(fault.status, 'Error')} (injected fault)"
+            )
         else:
             answer = fake._answer(request, route, fault)
         # Recorded before answering, so a client holding its answer also finds it in the log.
