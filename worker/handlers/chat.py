@@ -74,7 +74,15 @@ class ChatCleanupHandler:
                     file_id=att.provider_file_id,
                 )
 
-        outcomes = await asyncio.gather(*(one(att) for att in attachments))
+        tasks = [asyncio.ensure_future(one(att)) for att in attachments]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        finally:
+            # When one raises, gather leaves the others running (and the queued ones starting)
+            # after the message is settled, even after the pool closes: stop them first.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return [o for o in outcomes if isinstance(o, StillPending)]
 
     async def _clean_vector_store(self, event: ChatSoftDeleted, row: VectorStoreRow) -> Outcome:
@@ -84,7 +92,6 @@ class ChatCleanupHandler:
         failed = await repo.count_failed(event.chat_id)
         if failed:
             log.warning("vector_store_with_failed_attachments", failed_attachments=failed)
-            metrics.vector_store_with_failed_attachments()
         if row.vector_store_id is not None:
             started = time.monotonic()
             result = await self._ctx.provider.delete_vector_store(
@@ -103,6 +110,9 @@ class ChatCleanupHandler:
                 case _:
                     assert_never(result)
         await repo.delete_vector_store_row(row.id)
+        # Counted only once the row is gone, like completed: a retried store delete counts once.
+        if failed:
+            metrics.vector_store_with_failed_attachments()
         if row.vector_store_id is not None:
             metrics.cleanup_completed(VECTOR_STORE)
         log.info("vector_store_cleaned", vector_store_row=str(row.id))
