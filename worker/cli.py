@@ -55,9 +55,11 @@ class Globals:
     dsn: str | None
     log_format: str | None
     log_level: str | None
+    dsn_from_env: bool = False
 
     def load(self) -> Config:
-        config = load_config(self.config_path, environ=os.environ, dsn=self.dsn)
+        dsn = None if self.dsn_from_env else self.dsn
+        config = load_config(self.config_path, environ=os.environ, dsn=dsn)
         obs = config.observability
         configure_logging(
             log_format=self.log_format or obs.log_format,  # type: ignore[arg-type]
@@ -118,7 +120,13 @@ def cli(
     Reads the chat service's transactional outbox in PostgreSQL. Every key of the
     configuration can be overridden with CLEANUP_WORKER__SECTION__KEY.
     """
-    ctx.obj = Globals(config_path, dsn, log_format, log_level)
+    # Values click took from CLEANUP_WORKER_CONFIG / CLEANUP_WORKER_DSN are left to load_config,
+    # which reads the same variables and names them (not "--dsn") as the source of a bad value.
+    from_env = click.core.ParameterSource.ENVIRONMENT
+    if ctx.get_parameter_source("config_path") is from_env:
+        config_path = None
+    dsn_from_env = ctx.get_parameter_source("dsn") is from_env
+    ctx.obj = Globals(config_path, dsn, log_format, log_level, dsn_from_env)
 
 
 @cli.command()

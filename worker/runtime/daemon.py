@@ -24,7 +24,7 @@ import structlog
 
 from worker.db.migrate import pending_migrations
 from worker.db.pool import translate_errors
-from worker.errors import DatabaseUnavailable
+from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
 from worker.runtime.app import App
 from worker.runtime.reporting import record_round
@@ -37,6 +37,9 @@ Step = Callable[[], Awaitable[bool]]  # returns whether it found work (then runs
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 ACK_GRACE_SECONDS = 10.0  # after interrupting: time for the final acks
 READINESS_CACHE_SECONDS = 2.0
+# Below the health server's 2 s probe budget, so a down database is reported as such
+# instead of as "readiness check timed out".
+READINESS_DB_TIMEOUT_SECONDS = 1.5
 
 
 class Daemon:
@@ -57,10 +60,19 @@ class Daemon:
             obs.http_host, obs.http_port,
             registry=self.app.metrics.registry,
             heartbeat_age=self.app.metrics.heartbeat_age,
-            max_heartbeat_age_seconds=3 * outbox.poll_interval_seconds + outbox.lease_seconds,
+            # A loop may also wait up to the pool's timeout for a connection (database down).
+            max_heartbeat_age_seconds=(
+                3 * outbox.poll_interval_seconds + outbox.lease_seconds + self.app.pool.timeout
+            ),
             readiness=self.ready,
         )  # fmt: skip
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:  # a port in use is the operator's to fix: one line, exit 2
+            raise ConfigError(
+                f"observability.http_port: cannot listen on {obs.http_host}:{obs.http_port}: "
+                f"{exc.strerror or exc}; free the port or choose another one"
+            ) from None
         log.info("worker_started", worker_id=self.app.engine.worker_id, http_port=server.port)
         try:
             await self._run_loops()
@@ -142,9 +154,11 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 busy = await step()
-            except DatabaseUnavailable as exc:
+            except (DatabaseUnavailable, SchemaError) as exc:
+                # An outage, or migrations not applied yet: back off and wait (not ready);
+                # never exit for it (SPEC §11).
                 self._database_down(name, exc)
-                await self._sleep(outage_backoff)
+                await self._outage_sleep(outage_backoff)
                 outage_backoff = min(MAX_OUTAGE_BACKOFF_SECONDS, outage_backoff * 2)
                 continue
             except Exception as exc:
@@ -162,12 +176,21 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    def _database_down(self, loop: str, exc: DatabaseUnavailable) -> None:
+    async def _outage_sleep(self, seconds: float) -> None:
+        """Back off, still beating: a loop waiting for the database is not hung (/healthz)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.app.metrics.mark_loop_iteration()
+            await self._sleep(min(1.0, left))
+
+    def _database_down(self, loop: str, exc: DatabaseUnavailable | SchemaError) -> None:
         self.app.metrics.mark_loop_iteration()  # waiting for the database is not a hang
-        self.app.metrics.set_database_up(False)
+        unreachable = isinstance(exc, DatabaseUnavailable)
+        self.app.metrics.set_database_up(not unreachable)
         if not self._db_down:
             self._db_down = True
-            log.error("database_unavailable", loop=loop, error=str(exc))
+            event = "database_unavailable" if unreachable else "database_schema_missing"
+            log.error(event, loop=loop, error=str(exc))
 
     def _database_up(self) -> None:
         if self._db_down:
@@ -177,6 +200,8 @@ class Daemon:
 
     async def ready(self) -> tuple[bool, str]:
         """Database reachable and migrated; cached briefly so probes cost no load."""
+        if self.stopping.is_set():  # at once, not after the cache expires
+            return False, "shutting down"
         now = time.monotonic()
         if self._readiness and now - self._readiness[0] < READINESS_CACHE_SECONDS:
             return self._readiness[1]
@@ -189,7 +214,7 @@ class Daemon:
             return False, "shutting down"
         try:
             with translate_errors():
-                async with self.app.pool.connection(timeout=2.0) as conn:
+                async with self.app.pool.connection(timeout=READINESS_DB_TIMEOUT_SECONDS) as conn:
                     missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:
             return False, str(exc)

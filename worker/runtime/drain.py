@@ -94,7 +94,10 @@ async def drain(
         # Idle round: nothing this process can lease right now.
         if not until_empty or left == 0:
             break
-        await asyncio.sleep(_wait_for_next_due(status))
+        wait = _wait_for_next_due(status)
+        if max_seconds is not None:  # never sleep past --max-seconds
+            wait = min(wait, max(0.0, started + max_seconds - time.monotonic()))
+        await asyncio.sleep(wait)
     status = await _status(app, queues)
     summary.remaining_pending = status.pending()
     summary.remaining_retries = status.retry_rows()
