@@ -83,8 +83,13 @@ async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn
 
 @pytest.mark.slow
 def test_demo_command_runs_on_its_embedded_default() -> None:
-    """The README's first command, minus set-up: starts its own PostgreSQL and provider."""
+    """The README's first command, minus set-up: starts its own PostgreSQL and provider.
+
+    A CLEANUP_WORKER_DSN in the environment (exported for real work) is ignored: demo data
+    goes to a database only when --dsn names it on the command line.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    env["CLEANUP_WORKER_DSN"] = "postgresql://nobody@/production?host=/nonexistent"
     done = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--chats", "6", "--json"],
         capture_output=True,

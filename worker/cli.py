@@ -38,10 +38,7 @@ from worker.errors import (
 from worker.observability.logging import configure_logging
 from worker.outbox import dead_letters as dl
 from worker.producer import Queues
-from worker.runtime.app import open_app
 from worker.runtime.checks import check_config
-from worker.runtime.daemon import Daemon
-from worker.runtime.drain import drain as run_drain
 from worker.runtime.repair import retry_failed as run_retry_failed
 from worker.runtime.status import read_status
 
@@ -161,6 +158,9 @@ def run(g: Globals) -> int:
     config = g.load()
 
     async def go() -> int:
+        from worker.runtime.app import open_app  # loads the provider SDK: only when needed
+        from worker.runtime.daemon import Daemon
+
         async with open_app(config, environ=dict(os.environ)) as app:
             return await Daemon(app).run()
 
@@ -204,6 +204,9 @@ def drain(
 
     async def go() -> int:
         await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        from worker.runtime.app import open_app  # loads the provider SDK: only when needed
+        from worker.runtime.drain import drain as run_drain
+
         async with open_app(config, environ=dict(os.environ)) as app:
             with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
                 summary = await run_drain(
@@ -342,10 +345,15 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
 @cli.command("check-config")
 @click.pass_obj
 def check_config_cmd(g: Globals) -> int:
-    """Validate the configuration and reach the database; processes nothing."""
+    """Validate the configuration and reach the database; processes nothing.
+
+    Exit 0 all good, 2 a configuration problem, 3 the database cannot be reached.
+    """
     config = g.load()
     report = _run(check_config(config, environ=dict(os.environ)))
     click.echo(report.render())
+    if not report.database_reachable:
+        return EXIT_DATABASE
     return 0 if report.ok else EXIT_USAGE
 
 
@@ -383,7 +391,7 @@ def demo(
     Seeds tenants (OpenAI, an Azure override, one with a revoked key), chats with attachments
     and vector stores, deletes them through the chat service's flows, injects provider faults,
     drains, and prints what was deleted, retried, failed and dead-lettered. --dsn uses an
-    existing (scratch) database instead of starting one.
+    existing (scratch) database instead of starting one (CLEANUP_WORKER_DSN is ignored here).
     """
     from worker import demo as demo_mod
     from worker.sandbox.fake_openai import FakeOpenAI
@@ -392,7 +400,9 @@ def demo(
     base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
     options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
     with contextlib.ExitStack() as stack:
-        dsn, stop_hint = g.dsn or "", ""
+        # Only an explicit --dsn: a CLEANUP_WORKER_DSN exported for real work (production!)
+        # must never receive demo data.
+        dsn, stop_hint = ("" if g.dsn_from_env else g.dsn or ""), ""
         if not dsn:
             dsn, stop_hint = _start_demo_database(stack, keep=keep)
         fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))

@@ -7,13 +7,14 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.outbox.dead_letters import DeadLetter
-from worker.runtime.drain import DrainSummary
-from worker.runtime.status import Status
+if TYPE_CHECKING:
+    from worker.outbox.dead_letters import DeadLetter
+    from worker.runtime.drain import DrainSummary
+    from worker.runtime.status import Status
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -95,7 +95,7 @@ def test_tenant_override_keys_are_checked(
 
 def test_database_unreachable_is_reported(config_file: Path) -> None:
     result = invoke(["--config", str(config_file), "check-config"], base_env(UNREACHABLE_DSN))
-    assert result.code == 2, result
+    assert result.code == 3, result  # the documented "database unreachable" code
     fails = [line for line in _lines(result.stdout) if line.startswith("FAIL")]
     assert len(fails) == 1, result
     assert "database" in fails[0]

@@ -10,7 +10,7 @@ import pytest
 
 from providers.support import ENV, MakeGateway, Upstream, deleted, script
 from worker.config import ProvidersConfig
-from worker.providers import ProviderGateway
+from worker.providers.gateway import ProviderGateway
 
 
 @pytest.fixture

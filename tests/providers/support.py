@@ -15,7 +15,7 @@ from uuid import UUID
 import httpx2
 
 from worker.config import BackendConfig, ProvidersConfig, TenantOverride
-from worker.providers import ProviderGateway
+from worker.providers.gateway import ProviderGateway
 
 SECRET = "sk-test-SECRET-123"
 TENANT_A = UUID("aaaaaaaa-0000-4000-8000-000000000001")  # azure override

@@ -20,10 +20,10 @@ from worker.providers import (
     BreakerPolicy,
     Deleted,
     Permanent,
-    ProviderGateway,
     RetryPolicy,
     Transient,
 )
+from worker.providers.gateway import ProviderGateway
 from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 KEYS = {

@@ -16,7 +16,7 @@ from providers.support import (
     providers_config,
 )
 from worker.config import TenantOverride
-from worker.providers import ProviderGateway
+from worker.providers.gateway import ProviderGateway
 
 
 async def test_same_route_same_client_all_on_one_pool(make_gateway: MakeGateway) -> None:

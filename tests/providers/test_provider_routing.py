@@ -26,7 +26,8 @@ from providers.support import (
 from worker.config import BackendConfig, ProvidersConfig, TenantOverride
 from worker.errors import ConfigError
 from worker.models import RetryReason
-from worker.providers import Deleted, ProviderGateway, RetryPolicy, Transient
+from worker.providers import Deleted, RetryPolicy, Transient
+from worker.providers.gateway import ProviderGateway
 
 AZURE_VERSION_A = "2024-10-01-preview"
 

@@ -9,17 +9,22 @@ the ones that quote DSNs, headers and keys.
 
 Event vocabulary (stable: dashboards and tests match on it; context is bound once per task):
 
-``worker_started``       the daemon is up (version, replica id, queues)
-``batch_leased``         queue, partition, lease owner, batch size, first/last seq
+``worker_started``       the daemon is up (replica id, HTTP port)
 ``message_handled``      the one canonical line per message outcome: queue, partition, seq,
-                         tenant_id, chat_id / attachment_id, outcome (ok|retry|reject), reason,
-                         duration_ms
-``retry_scheduled``      queue, partition, seq, delivery, reason, not_before
-``dead_lettered``        queue, partition, seq, reason
-``lease_lost``           queue, partition: the batch is rolled back and delivered again
-``database_unavailable`` the loop backs off (error class, next attempt in seconds)
-``database_recovered``   the first success after ``database_unavailable``
+                         delivery, tenant_id, chat_id / attachment_id, outcome (ok|retry|reject),
+                         reason, duration_ms
+``attachment_cleaned``   one provider file handled: attachment_id, result
+``vector_store_cleaned`` a chat's vector store deleted and its row removed
+``retry_scheduled``      queue, partition, seq, delivery, reason, delay_seconds (after the ack)
+``dead_lettered``        queue, partition, seq, delivery, reason (after the ack)
+``lease_lost``           a heartbeat or an ack found the lease taken: delivered again
+``handler_crashed``      a bug in a handler (traceback); the message is retried
+``database_unavailable`` a loop backs off; logged once per outage
+``database_schema_missing`` migrations not applied; the daemon waits, not ready
+``database_recovered``   the first success after an outage
+``loop_crashed``         a bug stopped a loop: the process exits 1 so it is restarted
 ``worker_stopping``      a signal arrived; no new leases
+``worker_interrupting``  the grace period ran out; unfinished messages are parked, due at once
 ``worker_stopped``       in-flight work finished or released
 """
 
@@ -229,6 +234,9 @@ def configure_logging(
     logging.getLogger("worker").setLevel(number)  # our own stdlib loggers, if any, at our level
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(max(number, logging.WARNING))
+    # The pool warns on every failed reconnect (dozens a second in an outage); the daemon logs
+    # database_unavailable / database_recovered once per outage instead.
+    logging.getLogger("psycopg.pool").setLevel(max(number, logging.ERROR))
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -1,11 +1,12 @@
 """Provider layer: deletes OpenAI / Azure OpenAI files and vector stores per tenant (SPEC §6).
 
 The only package that imports ``openai`` / ``httpx2``; it hands back ``DeleteResult`` values.
+``ProviderGateway`` lives in ``worker.providers.gateway`` and is not re-exported here: importing
+it loads the SDK (seconds), which commands that never call a provider should not pay for.
 """
 
 from __future__ import annotations
 
-from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
 from worker.providers.results import (
     Deleted,
@@ -23,7 +24,6 @@ __all__ = [
     "DeleteResult",
     "Deleted",
     "Permanent",
-    "ProviderGateway",
     "ProviderObserver",
     "RetryPolicy",
     "Route",

@@ -14,13 +14,14 @@ from pathlib import Path
 from worker.config import BackendConfig, Config, TenantOverride, redact
 from worker.db.migrate import pending_migrations
 from worker.db.pool import connect, translate_errors
-from worker.errors import CleanupWorkerError, ConfigError
+from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
 
 
 @dataclass
 class CheckReport:
     lines: list[tuple[bool, str]] = field(default_factory=list)
+    database_reachable: bool = True
 
     def add(self, ok: bool, text: str) -> None:
         self.lines.append((ok, text))
@@ -60,6 +61,7 @@ async def _check_database(config: Config, report: CheckReport) -> None:
             with translate_errors():
                 missing = await pending_migrations(conn)
     except CleanupWorkerError as exc:
+        report.database_reachable = not isinstance(exc, DatabaseUnavailable)
         report.add(False, f"database {where}: {exc}")
         return
     report.add(True, f"database {where}: reachable")

@@ -10,14 +10,16 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.outbox.engine import RoundReport
-from worker.runtime.app import App
 from worker.runtime.reporting import record_round
 from worker.runtime.status import Status, read_status
+
+if TYPE_CHECKING:  # the app pulls in the provider SDK; a summary type need not
+    from worker.runtime.app import App
 
 Progress = Callable[[int, int], None]  # (handled so far, remaining backlog)
 
