@@ -151,7 +151,7 @@ def test_dsn_precedence(tmp_path: Path, fake: FakeOpenAI, db: str) -> None:
     """file < CLEANUP_WORKER_DSN < --dsn."""
     path = _write(tmp_path, fake, **{"database.dsn": UNREACHABLE_DSN})
     from_file = invoke(["--config", str(path), "check-config"], base_env(None))
-    assert from_file.code == 2, from_file
+    assert from_file.code == 3, from_file  # database unreachable
     assert "FAIL  database" in from_file.stdout
 
     from_env = invoke(["--config", str(path), "check-config"], base_env(db))

@@ -122,7 +122,7 @@ async def test_error_paths_never_print_secrets(config_file: Path, tmp_path: Path
         assert_secret_free(result.stdout, result.stderr)
 
     checked = await ainvoke(["--config", str(config_file), "check-config"], env)
-    assert checked.code == 2, checked
+    assert checked.code == 3, checked  # database unreachable
     assert f"{ROLE}:***@" in checked.stdout  # where it looked, password masked
     assert_secret_free(checked.stdout, checked.stderr)
 
