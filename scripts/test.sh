@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never
 python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
-python3 -m uv sync --locked --extra demo --quiet
-exec python3 -m uv run --locked --extra demo pytest "$@"
+python3 -m uv sync --locked --extra demo --group bench --quiet
+exec python3 -m uv run --locked --extra demo --group bench pytest "$@"

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.config import Config
 from worker.db import Conn
-from worker.db.migrate import migrate
+from worker.runtime.migrate import migrate
 from worker.sandbox.postgres import PostgresServer, start_postgres
 
 TEMPLATE = "cw_template"

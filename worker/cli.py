@@ -24,7 +24,7 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
-from worker.db.migrate import migrate as apply_migrations
+from worker.runtime.migrate import migrate as apply_migrations
 from worker.db.pool import connect, translate_errors
 from worker.errors import (
     CleanupWorkerError,

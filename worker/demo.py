@@ -27,7 +27,7 @@ from worker.config import (
     TenantOverride,
 )
 from worker.db import Conn
-from worker.db.migrate import migrate
+from worker.runtime.migrate import migrate
 from worker.db.pool import connect
 from worker.outbox.enqueue import enqueue
 from worker.producer import Queues, delete_attachment, delete_chat

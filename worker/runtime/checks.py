@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.config import BackendConfig, Config, TenantOverride, redact
-from worker.db.migrate import pending_migrations
+from worker.runtime.migrate import pending_migrations
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from worker.db.migrate import pending_migrations
+from worker.runtime.migrate import pending_migrations
 from worker.db.pool import translate_errors
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
