@@ -22,20 +22,19 @@ async def sequence_queues(pool: AsyncConnectionPool, queues: Sequence[str]) -> i
             cur = await conn.execute(q("partitions_with_incoming"), {"queues": list(queues)})
             partition_ids = [row[0] for row in await cur.fetchall()]
             for partition_id in partition_ids:
-                moved += await _sequence_partition(conn, partition_id)
+                moved += await _in_chunks(conn, "sequence_partition", partition_id, SEQUENCE_CHUNK)
     return moved
 
 
-async def _sequence_partition(conn: Conn, partition_id: int) -> int:
+async def _in_chunks(conn: Conn, query: str, partition_id: int, chunk: int) -> int:
+    """Run a chunked statement on one partition until a chunk comes back short; the total."""
     total = 0
     while True:
-        cur = await conn.execute(
-            q("sequence_partition"), {"partition_id": partition_id, "limit": SEQUENCE_CHUNK}
-        )
+        cur = await conn.execute(q(query), {"partition_id": partition_id, "limit": chunk})
         row = await cur.fetchone()
-        moved = int(row[0]) if row else 0
-        total += moved
-        if moved < SEQUENCE_CHUNK:
+        done = int(row[0]) if row else 0
+        total += done
+        if done < chunk:
             return total
 
 
@@ -47,14 +46,6 @@ async def vacuum(pool: AsyncConnectionPool, *, chunk: int = VACUUM_CHUNK) -> int
             cur = await conn.execute(q("vacuum_candidates"))
             candidates = await cur.fetchall()
             for partition_id, seen in candidates:
-                while True:
-                    cur = await conn.execute(
-                        q("vacuum_chunk"), {"partition_id": partition_id, "limit": chunk}
-                    )
-                    row = await cur.fetchone()
-                    count = int(row[0]) if row else 0
-                    deleted += count
-                    if count < chunk:
-                        break
+                deleted += await _in_chunks(conn, "vacuum_chunk", partition_id, chunk)
                 await conn.execute(q("vacuum_settle"), {"partition_id": partition_id, "seen": seen})
     return deleted
