@@ -24,7 +24,6 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
-from worker.runtime.migrate import migrate as apply_migrations
 from worker.db.pool import connect, translate_errors
 from worker.errors import (
     CleanupWorkerError,
@@ -39,6 +38,7 @@ from worker.observability.logging import configure_logging
 from worker.outbox import dead_letters as dl
 from worker.producer import Queues
 from worker.runtime.checks import check_config
+from worker.runtime.migrate import migrate as apply_migrations
 from worker.runtime.repair import retry_failed as run_retry_failed
 from worker.runtime.status import read_status
 

@@ -27,12 +27,12 @@ from worker.config import (
     TenantOverride,
 )
 from worker.db import Conn
-from worker.runtime.migrate import migrate
 from worker.db.pool import connect
 from worker.outbox.enqueue import enqueue
 from worker.producer import Queues, delete_attachment, delete_chat
 from worker.runtime.app import open_app
 from worker.runtime.drain import Progress, drain
+from worker.runtime.migrate import migrate
 from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 OPENAI_KEY, AZURE_KEY, REVOKED_KEY = "sk-demo-openai", "demo-azure-key", "sk-demo-revoked"

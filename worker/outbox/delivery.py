@@ -136,12 +136,31 @@ class Runner:
 
     def __init__(self, handlers: dict[str, Handler], *, concurrency: int, budget_seconds: float):
         self._handlers = handlers
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._budget = budget_seconds
+        self._unfinished = 0  # messages handed to run_all and not finished yet
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not taken by a message running or already waiting for one."""
+        return max(0, self._concurrency - self._unfinished)
+
+    @property
+    def room(self) -> int:
+        """Messages this process can take on now: its slots plus one wave of queue.
+
+        The queue keeps the slots busy while a batch's messages finish one by one; more than
+        one wave would only sit here while other replicas with free slots wait for work.
+        """
+        return max(0, 2 * self._concurrency - self._unfinished)
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
         """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
         tasks = [asyncio.create_task(self._run_one(e), name=_task_name(e)) for e in envelopes]
+        self._unfinished += len(tasks)
+        for created in tasks:
+            created.add_done_callback(self._finished)
         aborted = asyncio.create_task(abort.wait())
         pending: set[asyncio.Future[Any]] = set(tasks)
         try:
@@ -158,6 +177,9 @@ class Runner:
         return [
             self._result(task, envelope) for task, envelope in zip(tasks, envelopes, strict=True)
         ]
+
+    def _finished(self, _task: asyncio.Task[Handled]) -> None:
+        self._unfinished -= 1
 
     @staticmethod
     def _result(task: asyncio.Task[Handled], envelope: Envelope) -> Handled:

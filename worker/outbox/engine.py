@@ -113,9 +113,24 @@ class Engine:
         return await vacuum(self.pool)
 
     async def process_partitions(
-        self, queue: str, *, max_partitions: int, abort: asyncio.Event | None = None
+        self,
+        queue: str,
+        *,
+        max_partitions: int,
+        abort: asyncio.Event | None = None,
+        stop: asyncio.Event | None = None,
     ) -> RoundReport:
-        """Lease up to ``max_partitions`` partitions with work and process one batch of each."""
+        """Lease up to ``max_partitions`` partitions with work and process one batch of each.
+
+        Takes only what this process can soon start: nothing while all its handler slots are
+        taken, and batches of at most its ``room`` (free slots plus one wave of queue). Leasing
+        greedily parked whole batches in busy replicas while others idled: 4 replicas ran at
+        under 2x one. ``stop`` set (the caller's "stop leasing", e.g. SIGTERM): lease nothing.
+        """
+        abort = abort or asyncio.Event()
+        if self._runner.free_slots == 0 or (stop is not None and stop.is_set()):
+            return RoundReport()
+        room = self._runner.room
         leases = await processor.lease_partitions(
             self.pool,
             queue,
@@ -123,8 +138,9 @@ class Engine:
             lease_seconds=self.settings.lease_seconds,
             limit=max_partitions,
         )
+        limit = min(self.settings.batch_size, room)
         reports = await asyncio.gather(
-            *(self._process_lease(lease, abort or asyncio.Event()) for lease in leases)
+            *(self._process_lease(lease, limit, abort) for lease in leases)
         )
         total = RoundReport()
         for report in reports:
@@ -132,9 +148,9 @@ class Engine:
         return total
 
     async def _process_lease(
-        self, lease: processor.PartitionLease, abort: asyncio.Event
+        self, lease: processor.PartitionLease, limit: int, abort: asyncio.Event
     ) -> RoundReport:
-        envelopes = await processor.read_batch(self.pool, lease, limit=self.settings.batch_size)
+        envelopes = await processor.read_batch(self.pool, lease, limit=limit)
         if not envelopes:
             await processor.release_lease(self.pool, lease, worker_id=self.worker_id)
             return RoundReport()

@@ -222,12 +222,12 @@ class ProviderGateway:
         except RouteBusy as busy:
             detail = f"{route.label}: {busy.detail}"
             return Transient(RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds), False
-        if (
-            isinstance(result, Transient)
-            and result.reason is RetryReason.RATE_LIMITED
-            and result.retry_after_seconds
-        ):
-            state.limiter.pause_for(result.retry_after_seconds)
+        if isinstance(result, Transient) and result.reason is RetryReason.RATE_LIMITED:
+            state.limiter.rate.rate_limited()  # the upstream's 429: slow this route down
+            if result.retry_after_seconds:
+                state.limiter.pause_for(result.retry_after_seconds)
+        elif not isinstance(result, Transient):
+            state.limiter.rate.succeeded()
         return result, True
 
     async def _send(

@@ -57,6 +57,58 @@ class TokenBucket:
         """Give back a reserved token that was not used."""
         self._tokens = min(self._burst, self._tokens + 1.0)
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (and the burst with it) from now on; tokens saved so far stay."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        self._rate = rate
+        self._burst = max(1.0, rate)
+        self._tokens = min(self._tokens, self._burst)
+
+
+class AdaptiveRate:
+    """The rate actually used: ``max_rps`` until the upstream answers 429, then AIMD.
+
+    A static per-replica ``max_rps`` is right for only one replica count; under autoscaling
+    several replicas share one upstream limit. On a 429 the rate drops to ``DECREASE`` of
+    itself (at most once per ``DECREASE_INTERVAL``, since one overload answers many calls in
+    flight at once), never below ``FLOOR`` of ``max_rps``; every success then raises it by
+    ``RECOVERY_PER_SECOND`` of ``max_rps`` per second elapsed, back up to ``max_rps``.
+    """
+
+    DECREASE = 0.7
+    DECREASE_INTERVAL_SECONDS = 0.5
+    FLOOR = 0.05
+    RECOVERY_PER_SECOND = 0.1
+
+    def __init__(self, max_rps: float, bucket: TokenBucket, clock: Clock) -> None:
+        self.max_rps = max_rps
+        self.rate = max_rps
+        self._bucket = bucket
+        self._clock = clock
+        self._changed_at = clock()
+        self._decreased_at = float("-inf")
+
+    def rate_limited(self) -> None:
+        now = self._clock()
+        if now - self._decreased_at < self.DECREASE_INTERVAL_SECONDS:
+            return
+        self._set(max(self.FLOOR * self.max_rps, self.rate * self.DECREASE), now)
+        self._decreased_at = now
+
+    def succeeded(self) -> None:
+        if self.rate >= self.max_rps:
+            return
+        now = self._clock()
+        step = self.RECOVERY_PER_SECOND * self.max_rps * (now - self._changed_at)
+        self._set(min(self.max_rps, self.rate + step), now)
+
+    def _set(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._changed_at = now
+        self._bucket.set_rate(rate)
+
 
 class RouteLimiter:
     """Concurrency slots + token bucket + a "paused until" set from the provider's Retry-After."""
@@ -65,6 +117,7 @@ class RouteLimiter:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
         self._bucket = TokenBucket(max_rps, max(1.0, max_rps), clock)
+        self.rate = AdaptiveRate(max_rps, self._bucket, clock)
         self._paused_until = 0.0
         self._clock = clock
         self._sleep = sleep

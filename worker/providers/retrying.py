@@ -76,6 +76,17 @@ async def run_with_retries(
         result: DeleteResult = state.outcome.result()
         return result
 
+    # The first attempt runs without tenacity: building and driving AsyncRetrying cost about
+    # as much CPU as the SDK's own request building, for the ~all calls that settle at once.
+    first = await attempt()
+    if not policy.worth_retrying_now(first):
+        return first
+    replay: list[DeleteResult] = [first]
+
+    async def attempt_after_first() -> DeleteResult:
+        # Tenacity's attempt 1 is the one already made: same numbering, waits and stop rule.
+        return replay.pop() if replay else await attempt()
+
     # Tenacity in-call retries are short (a few seconds, inside one lease) and only smooth
     # over blips; the engine's retry schedule (SPEC §4.5, parked rows) owns every longer wait.
     retrying = AsyncRetrying(
@@ -86,5 +97,5 @@ async def run_with_retries(
         sleep=sleep,
         reraise=True,
     )
-    result: DeleteResult = await retrying(attempt)
+    result: DeleteResult = await retrying(attempt_after_first)
     return result

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.config import BackendConfig, Config, TenantOverride, redact
-from worker.runtime.migrate import pending_migrations
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
+from worker.runtime.migrate import pending_migrations
 
 
 @dataclass

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from worker.runtime.migrate import pending_migrations
 from worker.db.pool import translate_errors
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
 from worker.runtime.app import App
+from worker.runtime.migrate import pending_migrations
 from worker.runtime.reporting import record_round
 from worker.runtime.status import refresh_backlog
 

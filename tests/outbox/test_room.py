@@ -1,0 +1,54 @@
+"""A busy process leases only what it can soon start (scale-out across replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.models import Message, Ok
+
+from .helpers import AQ, enqueue_many, make_engine, processor_row
+
+
+async def test_batches_are_capped_by_the_room_of_the_process(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(10))
+    engine = make_engine(pool, {AQ: _ok}, concurrency=2)  # room: 2 slots + 2 queued
+    await engine.sequence()
+    report = await engine.process_partitions(AQ, max_partitions=4)
+    assert report.handled == 4
+    assert (await processor_row(conn, AQ, 0))["processed_seq"] == 4
+
+
+async def test_a_saturated_process_leaves_partitions_to_others(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(4))
+    await enqueue_many(conn, AQ, 1, range(4))
+    release = asyncio.Event()
+
+    async def held(message: Message):
+        await release.wait()
+        return Ok()
+
+    engine = make_engine(pool, {AQ: held}, concurrency=2)
+    await engine.sequence()
+    busy = asyncio.create_task(engine.process_partitions(AQ, max_partitions=1))
+    await asyncio.sleep(0.3)
+    # No free slot: it leases nothing, and another replica takes the other partition.
+    idle = await engine.process_partitions(AQ, max_partitions=1)
+    assert idle.partitions == 0
+    other = make_engine(pool, {AQ: _ok})
+    assert (await other.process_partitions(AQ, max_partitions=1)).handled == 4
+    release.set()
+    assert (await busy).handled == 4
+
+
+async def test_stop_means_lease_nothing(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(2))
+    engine = make_engine(pool, {AQ: _ok})
+    await engine.sequence()
+    stop = asyncio.Event()
+    stop.set()
+    assert (await engine.process_partitions(AQ, max_partitions=4, stop=stop)).partitions == 0
+    assert (await processor_row(conn, AQ, 0))["locked_by"] is None
+
+
+async def _ok(message: Message) -> Ok:
+    return Ok()

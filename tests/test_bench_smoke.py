@@ -1,0 +1,58 @@
+"""The benchmark harness runs: every benchmark at toy size produces numbers.
+
+Asserts nothing about speed (the machine is shared and small; see docs/PERFORMANCE.md): only
+that each benchmark ran its processes to the end and printed finite, non-negative numbers.
+B1's PGQueuer side needs the ``bench`` dependency group; without it B1 reports ours only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def toy_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("bench") / "toy.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "toy", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "bench" in completed.stdout  # the table's header
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+@pytest.mark.timeout(960)
+def test_every_benchmark_produces_numbers(toy_results: dict[str, object]) -> None:
+    rows = toy_results["rows"]
+    assert isinstance(rows, list)
+    benches = {row["bench"] for row in rows}
+    assert benches == {"B1", "B2", "B3", "B4", "B5", "B6", "B7"}
+    for row in rows:
+        assert row["values"], row
+        for value in row["values"]:
+            assert math.isfinite(value), row
+            assert value >= 0, row
+
+
+@pytest.mark.timeout(960)
+def test_runs_did_the_real_work(toy_results: dict[str, object]) -> None:
+    """The drains behind the rates finished cleanly: no dead letters, nothing left undone."""
+    rows = toy_results["rows"]
+    assert isinstance(rows, list)
+    details = " ".join(d for row in rows for d in row["details"])
+    assert "PROBLEM" not in details
+    rates = [row for row in rows if row["unit"] in ("msg/s", "/s") and row["bench"] != "B1"]
+    assert rates
+    assert all(row["median"] > 0 for row in rates)
