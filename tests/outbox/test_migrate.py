@@ -10,8 +10,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import QueueConfig
-from worker.runtime.migrate import migrate, migration_files, pending_migrations
 from worker.errors import PartitionCountMismatch
+from worker.runtime.migrate import migrate, migration_files, pending_migrations
 
 from .helpers import AQ, CQ, Recorder, count, drain, make_engine, rows
 

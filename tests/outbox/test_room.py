@@ -9,13 +9,26 @@ from worker.models import Message, Ok
 from .helpers import AQ, enqueue_many, make_engine, processor_row
 
 
-async def test_batches_are_capped_by_the_room_of_the_process(pool, conn):
-    await enqueue_many(conn, AQ, 0, range(10))
-    engine = make_engine(pool, {AQ: _ok}, concurrency=2)  # room: 2 slots + 2 queued
+async def test_a_busy_process_takes_batches_of_its_room_only(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(3))
+    release = asyncio.Event()
+
+    async def held(message: Message):
+        if message.partition == 0:
+            await release.wait()
+        return Ok()
+
+    engine = make_engine(pool, {AQ: held}, concurrency=4)
     await engine.sequence()
-    report = await engine.process_partitions(AQ, max_partitions=4)
-    assert report.handled == 4
-    assert (await processor_row(conn, AQ, 0))["processed_seq"] == 4
+    busy = asyncio.create_task(engine.process_partitions(AQ, max_partitions=1))
+    await asyncio.sleep(0.3)
+    await enqueue_many(conn, AQ, 1, range(10))
+    await engine.sequence()
+    # 3 messages in flight: one free slot; room = 2 x 4 - 3 = 5 messages, not a whole batch.
+    report = await engine.process_partitions(AQ, max_partitions=1)
+    assert report.handled == 5
+    release.set()
+    assert (await busy).handled == 3
 
 
 async def test_a_saturated_process_leaves_partitions_to_others(pool, conn):

@@ -116,6 +116,7 @@ async def test_retry_after_pauses_the_route(make_gateway: MakeGateway) -> None:
         RetryReason.RATE_LIMITED,
         "openai asked for a pause (Retry-After); not calling for 20s",
         20.0,
+        sent=False,  # refused locally: no request, so no cleanup attempt is counted
     )
     assert other_route == Deleted()
     assert after_pause == Deleted()
@@ -150,6 +151,7 @@ async def test_circuit_opens_after_threshold_and_half_opens_after_cooldown(
         RetryReason.CIRCUIT_OPEN,
         "circuit open for openai after repeated failures (last: server_error)",
         30.0,
+        sent=False,
     )
     assert len(upstream.requests) == 5  # failed fast, nothing sent
     assert await gateway.delete_file(TENANT_C, "openai", "c") == Deleted()  # own route, own breaker

@@ -98,6 +98,11 @@ async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult
             if await ctx.repo.mark_done(attachment_id):
                 ctx.metrics.cleanup_completed(FILE)
             return Done()
+        case Transient(sent=False):
+            # Refused by our own limiter or breaker: the file was not tried, so no attempt is
+            # counted (else a rate-limited tenant's files end failed without one request).
+            ctx.metrics.cleanup_retry(FILE, result.reason)
+            return StillPending(result.reason, result.detail, result.retry_after_seconds)
         case Transient() | Permanent():
             status = await ctx.repo.record_attempt(
                 attachment_id,

@@ -77,6 +77,10 @@ def _json_object(payload: bytes, payload_type: str) -> dict[str, Any]:
         raise InvalidPayload(f"payload is not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise InvalidPayload(f"payload is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise InvalidPayload("payload is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise InvalidPayload(f"payload is not valid JSON: {str(exc)[:80]}") from None
     if not isinstance(doc, dict):
         raise InvalidPayload(f"payload: expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -90,6 +94,10 @@ def _text(doc: dict[str, Any], field: str, *, max_chars: int = MAX_ID_CHARS) -> 
         raise InvalidPayload(f"{field}: expected a string, got {type(value).__name__}")
     if not value or len(value) > max_chars:
         raise InvalidPayload(f"{field}: expected 1-{max_chars} characters, got {len(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: valid JSON escape, not text
+        raise InvalidPayload(f"{field}: not valid Unicode text") from None
     return value
 
 

@@ -52,7 +52,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "access_token: X" — the header / keyword / repr forms psycopg, httpx2 and openai produce.
     (
         re.compile(
-            r"""([\w-]*(?:authorization|api[-_]?key|password|passwd|pwd|secret|token)["']?"""
+            # Starts only at a word start (lookbehind): from inside a long token the unanchored
+            # prefix re-scanned the rest of it at every position (quadratic).
+            r"""((?<![\w-])[\w-]*?(?:authorization|api[-_]?key|password|passwd|pwd|secret|token)["']?"""
             r"""\s*[:=]\s*(?:(?:bearer|basic|token)\s+)?)"""
             r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s"',;&)}\]]+)""",
             re.IGNORECASE,

@@ -142,6 +142,10 @@ class Runner:
         self._unfinished = 0  # messages handed to run_all and not finished yet
 
     @property
+    def idle(self) -> bool:
+        return self._unfinished == 0
+
+    @property
     def free_slots(self) -> int:
         """Slots not taken by a message running or already waiting for one."""
         return max(0, self._concurrency - self._unfinished)

@@ -123,14 +123,15 @@ class Engine:
         """Lease up to ``max_partitions`` partitions with work and process one batch of each.
 
         Takes only what this process can soon start: nothing while all its handler slots are
-        taken, and batches of at most its ``room`` (free slots plus one wave of queue). Leasing
-        greedily parked whole batches in busy replicas while others idled: 4 replicas ran at
-        under 2x one. ``stop`` set (the caller's "stop leasing", e.g. SIGTERM): lease nothing.
+        taken and, while it is busy, batches of at most its ``room`` (free slots plus one wave
+        of queue). Leasing greedily parked whole batches of more partitions in busy replicas
+        while others idled: 4 replicas ran at under 2x one. ``stop`` set (the caller's "stop
+        leasing", e.g. SIGTERM): lease nothing.
         """
         abort = abort or asyncio.Event()
         if self._runner.free_slots == 0 or (stop is not None and stop.is_set()):
             return RoundReport()
-        room = self._runner.room
+        limit = self.settings.batch_size if self._runner.idle else self._runner.room
         leases = await processor.lease_partitions(
             self.pool,
             queue,
@@ -138,7 +139,7 @@ class Engine:
             lease_seconds=self.settings.lease_seconds,
             limit=max_partitions,
         )
-        limit = min(self.settings.batch_size, room)
+        limit = min(self.settings.batch_size, limit)
         reports = await asyncio.gather(
             *(self._process_lease(lease, limit, abort) for lease in leases)
         )
@@ -156,13 +157,12 @@ class Engine:
             return RoundReport()
 
         async def extend() -> bool:
-            held = await processor.extend_leases(
+            return await processor.extend_lease(
                 self.pool,
-                [lease.partition_id],
+                lease,
                 worker_id=self.worker_id,
                 lease_seconds=self.settings.lease_seconds,
             )
-            return lease.partition_id in held
 
         settled = await self._handle(envelopes, extend, abort)
         acked = await processor.ack_batch(self.pool, lease, settled, worker_id=self.worker_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -19,11 +20,18 @@ class Heartbeat:
     def __init__(self, extend: Callable[[], Awaitable[bool]], interval_seconds: float):
         self._extend = extend
         self._interval = interval_seconds
+        self._stopped = asyncio.Event()
         self.lost = False
 
     async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        # The stop flag, not only cancellation, ends the loop: on Python 3.11 psycopg_pool's
+        # wait for a connection can swallow a cancel (CPython gh-86296), and a heartbeat that
+        # outlives its batch would keep the partition leased for ever.
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=self._interval)
+            if self._stopped.is_set():
+                return
             try:
                 still_held = await self._extend()
             except DatabaseUnavailable:
@@ -43,5 +51,6 @@ async def heartbeat(
     try:
         yield beat
     finally:
+        beat._stopped.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

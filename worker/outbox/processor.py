@@ -71,22 +71,20 @@ async def read_batch(
     ]
 
 
-async def extend_leases(
-    pool: AsyncConnectionPool,
-    partition_ids: Sequence[int],
-    *,
-    worker_id: str,
-    lease_seconds: float,
-) -> set[int]:
-    params = {
-        "partition_ids": list(partition_ids),
-        "worker_id": worker_id,
-        "lease_seconds": lease_seconds,
-    }
+async def extend_lease(
+    pool: AsyncConnectionPool, lease: PartitionLease, *, worker_id: str, lease_seconds: float
+) -> bool:
+    """Heartbeat one lease; False once this acquisition no longer holds the partition."""
+    params = {**_guard(lease, worker_id), "lease_seconds": lease_seconds}
     with translate_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(q("extend_leases"), params)
-            return {row[0] for row in await cur.fetchall()}
+            cur = await conn.execute(q("extend_lease"), params)
+            return await cur.fetchone() is not None
+
+
+def _guard(lease: PartitionLease, worker_id: str) -> dict[str, object]:
+    """What identifies one acquisition of a lease (see the extend_lease statement)."""
+    return {"partition_id": lease.partition_id, "worker_id": worker_id, "attempts": lease.attempts}
 
 
 async def release_lease(
@@ -94,9 +92,7 @@ async def release_lease(
 ) -> None:
     with translate_errors():
         async with pool.connection() as conn:
-            await conn.execute(
-                q("release_lease"), {"partition_id": lease.partition_id, "worker_id": worker_id}
-            )
+            await conn.execute(q("release_lease"), _guard(lease, worker_id))
 
 
 async def ack_batch(
@@ -109,7 +105,7 @@ async def ack_batch(
     """Advance past the batch and persist its outcomes; False if the lease was lost."""
     last_seq = max(s.handled.envelope.message.seq for s in settled)
     worth_writing = [s for s in settled if s.kind != "ok" or s.handled.envelope.dead_letter_id]
-    guard = {"partition_id": lease.partition_id, "worker_id": worker_id, "last_seq": last_seq}
+    guard = {**_guard(lease, worker_id), "last_seq": last_seq}
     with translate_errors():
         async with pool.connection() as conn:
             if not worth_writing:

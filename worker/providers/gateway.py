@@ -147,6 +147,7 @@ class ProviderGateway:
                 RetryReason.RATE_LIMITED,
                 f"{label} asked for a pause (Retry-After); not calling for {seconds_text(pause)}",
                 pause,
+                sent=False,
             )
         admission = state.breaker.admit()
         if not isinstance(admission, Admission):
@@ -156,6 +157,7 @@ class ProviderGateway:
                 f"circuit open for {label} after repeated failures"
                 + (f" (last: {last.value})" if last is not None else ""),
                 admission,
+                sent=False,
             )
         return await self._guarded_call(state, admission, client, operation, resource_id)
 
@@ -221,7 +223,10 @@ class ProviderGateway:
                 self._observe(route.label, operation, result, self._clock() - started)
         except RouteBusy as busy:
             detail = f"{route.label}: {busy.detail}"
-            return Transient(RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds), False
+            unsent = Transient(
+                RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds, sent=False
+            )
+            return unsent, False
         if isinstance(result, Transient) and result.reason is RetryReason.RATE_LIMITED:
             state.limiter.rate.rate_limited()  # the upstream's 429: slow this route down
             if result.retry_after_seconds:

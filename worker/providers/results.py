@@ -40,11 +40,16 @@ class Deleted:
 
 @dataclass(frozen=True, slots=True)
 class Transient:
-    """Not done; the engine retries. ``retry_after_seconds`` is the provider's lower bound."""
+    """Not done; the engine retries. ``retry_after_seconds`` is the provider's lower bound.
+
+    ``sent`` is False when the gateway refused the call itself (circuit open, route paused or
+    busy past the call budget): no request reached the provider, so it is no cleanup attempt.
+    """
 
     reason: RetryReason
     detail: str
     retry_after_seconds: float | None = None
+    sent: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", bounded(self.detail))
