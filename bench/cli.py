@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -91,7 +92,12 @@ async def run(
     return measurements
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too unwinds the run, stopping every child process
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args(argv)
     started = datetime.now(UTC)
     meta = machine() | {

@@ -88,7 +88,10 @@ class OriginalModel:
                 await _sleep(stop, IDLE_SECONDS)
 
     async def _one_batch(self, partition: Partition) -> str:
-        guard = {"partition_id": partition.partition_id, "worker_id": self._worker_id}
+        guard: dict[str, object] = {
+            "partition_id": partition.partition_id,
+            "worker_id": self._worker_id,
+        }
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 sql.q("original_lease"), guard | {"lease_seconds": LEASE_SECONDS}
@@ -97,6 +100,7 @@ class OriginalModel:
             if lease is None:
                 return "idle"  # another process holds it
             processed_seq, attempts = lease
+            guard["attempts"] = attempts  # the ack guard: this acquisition of the lease
             cur = await conn.execute(
                 q("read_batch"),
                 {"partition_id": partition.partition_id, "after_seq": processed_seq,

@@ -118,11 +118,11 @@ async def _sql_round(
     lease = await cur.fetchone()
     if lease is None:
         return False
-    partition_id, _, processed_seq, _ = lease
+    partition_id, _, processed_seq, attempts = lease
     read = {"partition_id": partition_id, "after_seq": processed_seq, "limit": batch}
     cur = await conn.execute(q("read_batch"), read)
     rows = await cur.fetchall()
-    guard = {"partition_id": partition_id, "worker_id": worker_id}
+    guard = {"partition_id": partition_id, "worker_id": worker_id, "attempts": attempts}
     if not rows:
         await conn.execute(q("release_lease"), guard)
         return False

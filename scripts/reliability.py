@@ -226,8 +226,12 @@ provider resources of deleted chats still at the provider + vector-store rows le
 neither acked nor dead-lettered (deliberately broken tenants excepted: their debt must show
 as failed rows and dead letters with reasons, and does); *duplicates*: DELETE requests for a
 resource beyond its first, not counting requests an injected fault answered (a repeat can only
-answer 404: the fake is stateful); *time to recover* as the scenario defines it; *wall time*
-from the backlog's appearance to the end of the drain (CLI runs and checks included).
+answer 404: the fake is stateful). A repeat needs a delete the provider carried out but the
+worker never recorded: a process killed, frozen or interrupted between the answer and the
+database write, a database outage at that moment, or a request the worker saw time out or
+break (`worker_seen_timeouts` / `worker_seen_connection_errors` in the figures); without any
+of these (scenario 1) there must be none. *time to recover* as the scenario defines it; *wall
+time* from the backlog's appearance to the end of the drain (CLI runs and checks included).
 
 ## How it is proven
 
@@ -277,10 +281,10 @@ no pending attachment), then checks, never trusting the workers' own account:
 
 Bugs these scenarios found. Each is pinned by a regression test in
 `tests/reliability/test_findings.py` that failed until the fix (the test's docstring has the
-analysis); all six are fixed in the revision measured above. Before fixes 1 and 2, full
-runs failed scenarios 1, 3, 5 or 8 intermittently, with the evidence the checks print: a
-partition leased and kept alive for 90 s with its cursor still, or a message handled without a
-lease.
+analysis); all seven are fixed in the revision measured above (7 came with the first fix of
+5). Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8 intermittently, with the
+evidence the checks print: a partition leased and kept alive for 90 s with its cursor still,
+or a message handled without a lease.
 
 1. **A lease heartbeat that swallows its cancellation wedges a partition for ever**
    (`worker/outbox/leases.py`). On Python 3.11 (the image's Python) psycopg_pool waits for a
@@ -334,6 +338,15 @@ lease.
    seconds, 60 000 minutes, with the event loop blocked (no heartbeats). No value logged today
    carries such a token (reasons are truncated), so this is latent. Fix: anchor the pattern
    (`(?<![\\w-])[\\w-]*(?:authorization|…)`) or cap the text length before redacting.
+
+7. **A call that sent a request and then had its in-call retry refused reads as "not sent"**
+   (`worker/providers/gateway.py`, `_guarded_call`). The fix of 5 marks gateway-made results
+   `sent=False`; `_guarded_call` tracks whether any attempt was sent but returns the last
+   attempt's result. A request that timed out, followed by a retry the route's own limiter
+   refused (slots busy past the budget; in scenario 4 the 429-adaptive rate limit), comes back
+   as `Transient(rate_limited, "all N slots busy", sent=False)`: the failed request is not an
+   attempt, and the reason hides the timeout. Fix: when `sent` is True and the final result is
+   `Transient(sent=False)`, return the last *sent* attempt's result instead.
 
 Observations (not bugs):
 

@@ -107,18 +107,22 @@ WHERE o.partition_id = %(partition_id)s AND o.seq > %(after_seq)s
 ORDER BY o.seq
 LIMIT %(limit)s;
 
--- name: extend_leases
--- Heartbeat: keep the partitions this process still holds; returns the ones it still holds.
+-- name: extend_lease
+-- Heartbeat: keep a partition while this acquisition of the lease still holds it. A lease is
+-- identified by holder AND the attempts it set: the same process may lease a partition again
+-- after its own lease expired, and the stale batch must not act under the new lease.
 UPDATE modkit_outbox_processor
 SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
-WHERE partition_id = ANY(%(partition_ids)s) AND locked_by = %(worker_id)s
+WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
+  AND attempts = %(attempts)s
 RETURNING partition_id;
 
 -- name: release_lease
 -- Give a partition back without progress (nothing to do, or shutting down): no attempt counted.
 UPDATE modkit_outbox_processor
 SET attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL
-WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s;
+WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
+  AND attempts = %(attempts)s;
 
 -- name: advance_cursor
 -- The ack guard: move the cursor past the batch and release, only while we hold the lease.
@@ -127,6 +131,7 @@ WITH acked AS (
     SET processed_seq = %(last_seq)s, attempts = 0, last_error = NULL,
         locked_by = NULL, locked_until = NULL
     WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
+      AND attempts = %(attempts)s
     RETURNING partition_id
 ), counted AS (
     UPDATE modkit_outbox_vacuum_counter v SET counter = v.counter + 1

@@ -298,3 +298,62 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
         f" ({report_a.handled} messages acked) while that lease's batch was still running;"
         f" the newer batch then lost its lease ({len(report_b.lost)} messages)"
     )
+
+
+# -- 8. a call that sent a request, then was refused by the limiter, reads as never sent ---------
+
+
+async def test_a_call_whose_retry_the_limiter_refused_still_counts_as_sent() -> None:
+    """The fix for finding 5 marks results the gateway produced without sending as
+    ``sent=False`` (no cleanup attempt). ``_guarded_call`` tracks whether *any* attempt of the
+    call was sent, but returns the *last* attempt's result: when a request went out and failed
+    (here: timed out) and the in-call retry was then refused by the route's own limiter (slots
+    busy past the call's budget; in scenario 4 the 429-adaptive rate limit), the call reads as
+    never sent, so the failed request is not recorded as an attempt (scenario 4: rows with
+    one failed call in the request log and ``cleanup_attempts`` 0). A file that keeps failing
+    that way never reaches ``max_attempts``. Fix: in ``_guarded_call``, when ``sent`` is True
+    and the result is ``Transient(sent=False)``, return it with ``sent=True`` (or return the
+    last sent attempt's result)."""
+    from worker.config import BackendConfig, ProvidersConfig
+    from worker.providers.gateway import ProviderGateway
+    from worker.providers.results import Transient
+    from worker.sandbox.fake_openai import FakeOpenAI, Fault
+
+    key = "sk-finding-8-key"
+    with FakeOpenAI(api_keys=[key]) as fake:
+        fake.add_file("file-x")
+        fake.add_file("file-y")
+        # Every request waits 1.5 s: longer than the 1 s timeout, so each attempt times out.
+        fake.inject(Fault(delay_seconds=1.5))
+        config = ProvidersConfig(
+            backends={
+                "openai": BackendConfig(
+                    kind="openai",
+                    base_url=fake.openai_base_url,
+                    api_key_env="KEY",
+                    timeout_seconds=1.0,
+                    max_concurrency=1,  # one request at a time on this route
+                    max_rps=1000.0,
+                )
+            }
+        )
+        gateway = ProviderGateway(config, environ={"KEY": key})
+        tenant = uuid.uuid4()
+        try:
+            # x goes first and times out at 1 s; y, queued for the slot meanwhile, takes it
+            # and holds it for its own 1 s timeout, so x's in-call retry finds the slot busy
+            # for longer than x's remaining budget: refused without sending.
+            x = asyncio.create_task(gateway.delete_file(tenant, "openai", "file-x"))
+            await asyncio.sleep(0.05)
+            y = asyncio.create_task(gateway.delete_file(tenant, "openai", "file-y"))
+            result_x, _ = await asyncio.gather(x, y)
+        finally:
+            await gateway.aclose()
+        await asyncio.sleep(1.0)  # the fake logs a request once it has answered it
+        sent_for_x = [r for r in fake.requests() if r.resource_id == "file-x"]
+    assert sent_for_x, "the first attempt for file-x never reached the provider"
+    assert isinstance(result_x, Transient), result_x
+    assert result_x.sent, (
+        f"file-x's call sent {len(sent_for_x)} request(s) but its result says it sent none:"
+        f" {result_x}"
+    )

@@ -100,8 +100,8 @@ async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult
             return Done()
         case Transient(sent=False):
             # Refused by our own limiter or breaker: the file was not tried, so no attempt is
-            # counted (else a rate-limited tenant's files end failed without one request).
-            ctx.metrics.cleanup_retry(FILE, result.reason)
+            # recorded (else a rate-limited tenant's files end failed without one request),
+            # and cleanup_retry_total, which counts recorded attempts, is not raised either.
             return StillPending(result.reason, result.detail, result.retry_after_seconds)
         case Transient() | Permanent():
             status = await ctx.repo.record_attempt(

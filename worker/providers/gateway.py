@@ -9,6 +9,7 @@ programming errors propagate.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from uuid import UUID
@@ -200,6 +201,9 @@ class ProviderGateway:
             state.breaker.record(admission, failure if failure in BREAKER_FAILURES else None)
         if failure is RetryReason.AUTH:
             self._clients.evict(route)  # the next call re-reads a possibly rotated key
+        if isinstance(result, Transient) and sent and not result.sent:
+            # An earlier attempt of this call reached the provider: it was tried, it counts.
+            result = dataclasses.replace(result, sent=True)
         return result
 
     async def _attempt(
