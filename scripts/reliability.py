@@ -279,12 +279,12 @@ no pending attachment), then checks, never trusting the workers' own account:
 {sections}
 ## Findings
 
-Bugs these scenarios found. Each is pinned by a regression test in
-`tests/reliability/test_findings.py` that failed until the fix (the test's docstring has the
-analysis); all seven are fixed in the revision measured above (7 came with the first fix of
-5). Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8 intermittently, with the
-evidence the checks print: a partition leased and kept alive for 90 s with its cursor still,
-or a message handled without a lease.
+Bugs these scenarios found. Each is pinned by a regression test that failed until the fix
+(1-7 in `tests/reliability/test_findings.py`, whose docstrings have the analysis; 8 in
+`tests/outbox/test_leases.py`); all eight are fixed in the revision measured above (7 came
+with the first fix of 5). Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8
+intermittently, with the evidence the checks print: a partition leased and kept alive for
+90 s with its cursor still, or a message handled without a lease.
 
 1. **A lease heartbeat that swallows its cancellation wedges a partition for ever**
    (`worker/outbox/leases.py`). On Python 3.11 (the image's Python) psycopg_pool waits for a
@@ -348,6 +348,17 @@ or a message handled without a lease.
    attempt, and the reason hides the timeout. Fix: when `sent` is True and the final result is
    `Transient(sent=False)`, return the last *sent* attempt's result instead.
 
+8. **A busy replica lost leases it was working under** (`worker/outbox/engine.py`,
+   `worker/runtime/app.py`). Heartbeats and acks took connections from the handlers' pool
+   (`database.pool_max_size`, 10) and queued behind up to `outbox.concurrency` handlers; with
+   the 2 cores also starved (load average 5-7 during full runs) an extension now and then
+   waited past a 5 s lease, another replica took the partition over and delivered its batch a
+   second time (nothing lost: the stale ack fails; but repeat DELETEs without any crash, seen
+   in scenarios 1 and 5 at full size). Fix: lease upkeep (heartbeats, acks, releases) runs on
+   a pool of its own, 2 connections per replica. Pinned by
+   `tests/outbox/test_leases.py::test_handlers_holding_every_pooled_connection_do_not_starve_the_heartbeat`,
+   whose control case on the shared pool loses the lease.
+
 Observations (not bugs):
 
 * A slow provider alone cannot make a lease expire: the heartbeat extends it every lease/3
@@ -357,8 +368,8 @@ Observations (not bugs):
   budget cancels is neither a recorded attempt nor a `provider_requests_total` sample, and a
   write committed just before the cancel can miss its counter (seen in scenario 4 at full
   size with a 5 s lease, hence its 15 s lease).
-* The documented `lease_lost` log event is only written when the heartbeat notices the loss,
-  not when an ack finds it; `mini_chat_outbox_lease_lost_total` counts both.
+* A kill -9 between a provider's answer and the database write repeats that DELETE after the
+  takeover; the provider answers 404 and the file counts as deleted (scenario 2's repeats).
 * Recovery after a database outage grows with the outage (each loop backs off 1, 2, 4 … 30 s),
   and a loop that only waited for a pool connection through a short outage logs nothing.
 """

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from worker.models import Message, Ok, Reject, Retry, RetryReason
 from worker.outbox import processor
+from worker.outbox.engine import Engine
 
 from .helpers import (
     AQ,
@@ -22,6 +24,7 @@ from .helpers import (
     processor_row,
     retry_rows,
     rows,
+    settings,
 )
 
 
@@ -265,3 +268,50 @@ async def test_release_without_progress_gives_the_attempt_back(pool, conn):
     # Free again at once: the next round takes it without waiting for an expiry.
     report = await engine.process_partitions(AQ, max_partitions=4)
     assert report.handled == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_lease_pool", [True, False], ids=["lease-pool", "shared-pool"])
+async def test_handlers_holding_every_pooled_connection_do_not_starve_the_heartbeat(
+    db, pool, conn, own_lease_pool
+):
+    """Handlers busy on the database (here: one holding the only pooled connection past three
+    leases) must not stop the heartbeat. On the shared pool it does, and the lease is taken
+    over (the control case, proving the test can see the failure)."""
+    lease = 1.0
+    await enqueue_many(conn, AQ, 3, range(1))
+    entered = asyncio.Event()
+    async with (
+        AsyncConnectionPool(
+            db, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+        ) as handlers_pool,
+        AsyncConnectionPool(
+            db, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+        ) as lease_pool,
+    ):
+
+        async def busy(message: Message):
+            async with handlers_pool.connection():
+                entered.set()
+                await asyncio.sleep(3 * lease)
+            return Ok()
+
+        owner = Engine(
+            handlers_pool,
+            {AQ: busy},
+            settings(lease_seconds=lease, handler_budget_seconds=20.0),
+            lease_pool=lease_pool if own_lease_pool else None,
+        )
+        other = make_engine(pool, {AQ: (intruder := Recorder())}, lease_seconds=lease)
+        await other.sequence()
+        task = asyncio.create_task(owner.process_partitions(AQ, max_partitions=4))
+        await asyncio.wait_for(entered.wait(), 5)
+        while not task.done():
+            await other.process_partitions(AQ, max_partitions=4)
+            await asyncio.sleep(0.1)
+        report = task.result()
+    if own_lease_pool:
+        assert (report.handled, report.leases_lost, intruder.seen) == (1, 0, [])
+    else:
+        assert report.leases_lost == 1
+        assert len(intruder.seen) == 1

@@ -848,9 +848,10 @@ class Cluster:
         self,
         timeout: float,  # noqa: ASYNC109
         *,
-        on_tick: Callable[[], Awaitable[None]] | None = None,
+        on_tick: Callable[[dict[str, int]], Awaitable[None]] | None = None,
     ) -> float:
-        """Seconds until nothing is outstanding; AssertionError with the state on timeout."""
+        """Seconds until nothing is outstanding; AssertionError with the state on timeout.
+        ``on_tick`` sees what is outstanding, so chaos can follow progress, not the clock."""
         started = time.monotonic()
         deadline = started + timeout
         last: dict[str, int] = {}
@@ -860,7 +861,7 @@ class Cluster:
             if not any(last.values()):
                 return time.monotonic() - started
             if on_tick is not None:
-                await on_tick()
+                await on_tick(last)
             await self._check_not_wedged(held)
             await asyncio.sleep(0.25)
         tails = "\n".join(f"--- {r.name}\n{r.tail(10)}" for r in self.replicas[-4:])

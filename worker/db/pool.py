@@ -60,7 +60,12 @@ class _RecentlyReturned:
 
 @asynccontextmanager
 async def open_pool(
-    dsn: str, *, min_size: int, max_size: int, timeout_seconds: float = 10.0
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout_seconds: float = 10.0,
+    name: str = "cleanup-worker",
 ) -> AsyncIterator[psycopg_pool.AsyncConnectionPool]:
     """An autocommit pool; transactions are explicit (``conn.transaction()``).
 
@@ -75,7 +80,7 @@ async def open_pool(
         timeout=timeout_seconds,
         open=False,
         kwargs={"autocommit": True},
-        name="cleanup-worker",
+        name=name,
         check=recent.check,
         reset=recent.returned,
     )

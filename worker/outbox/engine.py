@@ -92,10 +92,15 @@ class Engine:
         handlers: Mapping[str, Handler],
         settings: EngineSettings,
         *,
+        lease_pool: AsyncConnectionPool | None = None,
         worker_id: str | None = None,
         rng: random.Random | None = None,
     ):
         self.pool = pool
+        # Heartbeats, acks and releases use their own connections: on the shared pool they
+        # queued behind up to ``concurrency`` handlers for longer than a lease, and an idle
+        # but overloaded replica lost leases it was still working under.
+        self.lease_pool = lease_pool or pool
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.queues = tuple(handlers)
@@ -153,19 +158,19 @@ class Engine:
     ) -> RoundReport:
         envelopes = await processor.read_batch(self.pool, lease, limit=limit)
         if not envelopes:
-            await processor.release_lease(self.pool, lease, worker_id=self.worker_id)
+            await processor.release_lease(self.lease_pool, lease, worker_id=self.worker_id)
             return RoundReport()
 
         async def extend() -> bool:
             return await processor.extend_lease(
-                self.pool,
+                self.lease_pool,
                 lease,
                 worker_id=self.worker_id,
                 lease_seconds=self.settings.lease_seconds,
             )
 
         settled = await self._handle(envelopes, extend, abort)
-        acked = await processor.ack_batch(self.pool, lease, settled, worker_id=self.worker_id)
+        acked = await processor.ack_batch(self.lease_pool, lease, settled, worker_id=self.worker_id)
         if acked:
             return RoundReport(settled, partitions=1)
         return RoundReport(lost=settled, partitions=1)
@@ -191,12 +196,15 @@ class Engine:
 
         async def extend() -> bool:
             held = await retrier.extend_retry_leases(
-                self.pool, ids, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
+                self.lease_pool,
+                ids,
+                worker_id=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
             )
             return len(held) == len(ids)
 
         settled = await self._handle(envelopes, extend, abort or asyncio.Event())
-        held = await retrier.ack_retries(self.pool, settled, worker_id=self.worker_id)
+        held = await retrier.ack_retries(self.lease_pool, settled, worker_id=self.worker_id)
         return RoundReport(
             settled=[s for s in settled if s.handled.envelope.retry_id in held],
             lost=[s for s in settled if s.handled.envelope.retry_id not in held],

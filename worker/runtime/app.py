@@ -29,6 +29,10 @@ from worker.outbox.engine import Engine, EngineSettings
 from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
 
+# Connections kept for lease upkeep (heartbeats, acks, releases) beside database.pool_max_size:
+# these statements are short, and on the handlers' pool they waited longer than a lease.
+LEASE_POOL_SIZE = 2
+
 
 @dataclass(frozen=True)
 class App:
@@ -78,6 +82,9 @@ async def open_app(
         pool = await stack.enter_async_context(
             open_pool(db.dsn, min_size=db.pool_min_size, max_size=db.pool_max_size)
         )
+        lease_pool = await stack.enter_async_context(
+            open_pool(db.dsn, min_size=1, max_size=LEASE_POOL_SIZE, name="cleanup-worker-leases")
+        )
         breaker = config.providers.circuit_breaker
         gateway = ProviderGateway(
             config.providers,
@@ -97,5 +104,5 @@ async def open_app(
                 ctx, file_concurrency=config.cleanup.file_concurrency
             ),
         }
-        engine = Engine(pool, handlers, EngineSettings.from_config(outbox))
+        engine = Engine(pool, handlers, EngineSettings.from_config(outbox), lease_pool=lease_pool)
         yield App(config, pool, metrics, gateway, engine)
