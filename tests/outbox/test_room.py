@@ -63,5 +63,34 @@ async def test_stop_means_lease_nothing(pool, conn):
     assert (await processor_row(conn, AQ, 0))["locked_by"] is None
 
 
+async def test_a_full_process_wakes_one_waiting_lane_per_finished_message(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(2))
+    releases = {0: asyncio.Event(), 1: asyncio.Event()}
+
+    async def held(message: Message):
+        await releases[message.seq - 1].wait()
+        return Ok()
+
+    engine = make_engine(pool, {AQ: held}, concurrency=2)
+    await engine.sequence()
+    assert await engine.wait_for_capacity(timeout=0.0)  # idle: free at once
+    busy = asyncio.create_task(engine.process_partitions(AQ, max_partitions=1))
+    await asyncio.sleep(0.3)
+    # Full: a waiter gives up after its timeout with no slot.
+    assert not await engine.wait_for_capacity(timeout=0.2)
+    lanes = [asyncio.create_task(engine.wait_for_capacity(timeout=30)) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    assert not any(lane.done() for lane in lanes)
+    releases[0].set()
+    await asyncio.sleep(0.3)
+    assert [lane.done() for lane in lanes] == [True, False, False]  # one slot, one lane
+    assert lanes[0].result() is True
+    releases[1].set()
+    await busy
+    await asyncio.sleep(0.1)
+    assert [lane.done() for lane in lanes] == [True, True, False]
+    lanes[2].cancel()
+
+
 async def _ok(message: Message) -> Ok:
     return Ok()

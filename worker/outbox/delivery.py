@@ -9,8 +9,10 @@ retried at once by whoever picks them up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, assert_never
@@ -140,6 +142,7 @@ class Runner:
         self._slots = asyncio.Semaphore(concurrency)
         self._budget = budget_seconds
         self._unfinished = 0  # messages handed to run_all and not finished yet
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def idle(self) -> bool:
@@ -158,6 +161,20 @@ class Runner:
         one wave would only sit here while other replicas with free slots wait for work.
         """
         return max(0, 2 * self._concurrency - self._unfinished)
+
+    async def wait_for_slot(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether a slot is free, waiting up to ``timeout`` for a message to finish.
+
+        Each finished message wakes one waiter, so lanes refill a freed slot at once instead of
+        after a poll interval, without all of them racing for it.
+        """
+        if self.free_slots:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, timeout)
+        return self.free_slots > 0
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
         """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
@@ -184,6 +201,11 @@ class Runner:
 
     def _finished(self, _task: asyncio.Task[Handled]) -> None:
         self._unfinished -= 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():  # a waiter that timed out is cancelled, hence done
+                waiter.set_result(None)
+                return
 
     @staticmethod
     def _result(task: asyncio.Task[Handled], envelope: Envelope) -> Handled:

@@ -117,6 +117,10 @@ class Engine:
     async def vacuum(self) -> int:
         return await vacuum(self.pool)
 
+    async def wait_for_capacity(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether a handler slot is free, waiting up to ``timeout`` for one to free up."""
+        return await self._runner.wait_for_slot(timeout)
+
     async def process_partitions(
         self,
         queue: str,

@@ -123,9 +123,15 @@ class Daemon:
         return loops
 
     def _lane(self, queue: str) -> Step:
+        poll = self.app.config.outbox.poll_interval_seconds
+
         async def step() -> bool:
+            # A full process leases nothing; waiting for a slot instead of a poll interval
+            # refills it as soon as a message finishes (lanes slept 1 s while slots idled).
+            if not await self.app.engine.wait_for_capacity(timeout=poll):
+                return True  # the poll interval is spent: look again at once
             report = await self.app.engine.process_partitions(
-                queue, max_partitions=1, abort=self.abort
+                queue, max_partitions=1, abort=self.abort, stop=self.stopping
             )
             record_round(self.app.metrics, report)
             return report.partitions > 0
