@@ -10,15 +10,22 @@ SELECT EXISTS (
 
 -- name: take_attachment
 -- Take a deleted attachment into cleanup (NULL -> pending; the original never did on this path)
--- and return its cleanup status; no row when the attachment no longer exists.
+-- and read whether its chat is soft-deleted, in one round trip. Always one row: cleanup_status
+-- is NULL when the attachment no longer exists; chat_deleted as in chat_is_deleted.
 WITH marked AS (
     UPDATE attachments
     SET cleanup_status = 'pending', cleanup_updated_at = now()
     WHERE id = %(attachment_id)s AND cleanup_status IS NULL
     RETURNING cleanup_status
 )
-SELECT coalesce((SELECT cleanup_status FROM marked), a.cleanup_status) AS cleanup_status
-FROM attachments a WHERE a.id = %(attachment_id)s;
+SELECT
+    coalesce(
+        (SELECT cleanup_status FROM marked),
+        (SELECT cleanup_status FROM attachments WHERE id = %(attachment_id)s)
+    ) AS cleanup_status,
+    EXISTS (
+        SELECT 1 FROM chats WHERE id = %(chat_id)s AND deleted_at IS NOT NULL
+    ) AS chat_deleted;
 
 -- name: adopt_chat_attachments
 -- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
@@ -55,10 +62,14 @@ FROM attachments
 WHERE chat_id = %(chat_id)s AND cleanup_status = 'pending'
 ORDER BY id;
 
--- name: count_failed_attachments_of_chat
--- Attachments of a chat whose cleanup ended in terminal failure (provider-file debt).
-SELECT count(*) AS failed FROM attachments
-WHERE chat_id = %(chat_id)s AND cleanup_status = 'failed';
+-- name: unfinished_attachments_of_chat
+-- Attachments of a chat still pending (its vector store must wait) and terminally failed
+-- (provider-file debt), counted together: one round trip before the vector-store delete.
+SELECT
+    count(*) FILTER (WHERE cleanup_status = 'pending') AS pending,
+    count(*) FILTER (WHERE cleanup_status = 'failed') AS failed
+FROM attachments
+WHERE chat_id = %(chat_id)s AND cleanup_status IN ('pending', 'failed');
 
 -- name: vector_store_of_chat
 -- The chat's vector-store row: while it exists, vector-store cleanup is outstanding.

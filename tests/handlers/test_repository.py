@@ -18,7 +18,12 @@ from factories import (
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn
-from worker.handlers.repository import CleanupRepository, PendingAttachment
+from worker.handlers.repository import (
+    CleanupRepository,
+    PendingAttachment,
+    TakenAttachment,
+    UnfinishedAttachments,
+)
 from worker.producer import Queues, delete_chat
 
 QUEUES = Queues("mini-chat.attachment_cleanup", 4, "mini-chat.chat_cleanup", 4)
@@ -155,12 +160,27 @@ async def test_take_attachment(pool: AsyncConnectionPool, conn: Conn) -> None:
     done = await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="done")
     failed = await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="failed")
 
-    assert await repo.take_attachment(fresh.id) == "pending"
+    assert await repo.take_attachment(fresh.id, chat.id) == TakenAttachment("pending", False)
     assert await _status(conn, fresh.id) == ("pending", 0, None)
-    assert await repo.take_attachment(fresh.id) == "pending"
-    assert await repo.take_attachment(done.id) == "done"
-    assert await repo.take_attachment(failed.id) == "failed"
-    assert await repo.take_attachment(uuid.uuid4()) is None
+    assert await repo.take_attachment(fresh.id, chat.id) == TakenAttachment("pending", False)
+    assert await repo.take_attachment(done.id, chat.id) == TakenAttachment("done", False)
+    assert await repo.take_attachment(failed.id, chat.id) == TakenAttachment("failed", False)
+    assert await repo.take_attachment(uuid.uuid4(), chat.id) == TakenAttachment(None, False)
+
+
+async def test_take_attachment_reads_the_chat_state(pool: AsyncConnectionPool, conn: Conn) -> None:
+    """``chat_deleted`` answers as ``chat_is_deleted`` does, even when the attachment is gone."""
+    repo = CleanupRepository(pool)
+    active = await create_chat(conn)
+    deleted = await create_chat(conn, deleted_at=NOW)
+    att = await create_attachment(conn, deleted.id, deleted.tenant_id, deleted_at=NOW)
+
+    assert await repo.take_attachment(att.id, deleted.id) == TakenAttachment("pending", True)
+    assert await _status(conn, att.id) == ("pending", 0, None)  # taken even so, as before
+    assert await repo.take_attachment(uuid.uuid4(), deleted.id) == TakenAttachment(None, True)
+    assert await repo.take_attachment(uuid.uuid4(), active.id) == TakenAttachment(None, False)
+    missing_chat = await repo.take_attachment(uuid.uuid4(), uuid.uuid4())
+    assert missing_chat == TakenAttachment(None, False)  # missing is not "deleted"
 
 
 async def test_chat_is_deleted(pool: AsyncConnectionPool, conn: Conn) -> None:
@@ -172,12 +192,13 @@ async def test_chat_is_deleted(pool: AsyncConnectionPool, conn: Conn) -> None:
     assert await repo.chat_is_deleted(uuid.uuid4()) is False  # missing is not "deleted"
 
 
-async def test_count_failed(pool: AsyncConnectionPool, conn: Conn) -> None:
+async def test_unfinished_attachments(pool: AsyncConnectionPool, conn: Conn) -> None:
     chat = await create_chat(conn)
     for status in ("failed", "failed", "done", "pending", None):
         await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status=status)
-    assert await CleanupRepository(pool).count_failed(chat.id) == 2
-    assert await CleanupRepository(pool).count_failed(uuid.uuid4()) == 0
+    repo = CleanupRepository(pool)
+    assert await repo.unfinished_attachments(chat.id) == UnfinishedAttachments(1, 2)
+    assert await repo.unfinished_attachments(uuid.uuid4()) == UnfinishedAttachments(0, 0)
 
 
 async def test_delete_vector_store_row_hard_deletes(pool: AsyncConnectionPool, conn: Conn) -> None:

@@ -45,11 +45,10 @@ class AttachmentCleanupHandler:
         return outcome
 
     async def _clean(self, event: AttachmentDeleted) -> Outcome:
-        repo = self._ctx.repo
-        status = await repo.take_attachment(event.attachment_id)
-        if status == "done":
+        taken = await self._ctx.repo.take_attachment(event.attachment_id, event.chat_id)
+        if taken.status == "done":
             return Ok()
-        if await repo.chat_is_deleted(event.chat_id):
+        if taken.chat_deleted:
             return Ok()  # ownership passed to the chat path, which adopts this row
         result = await clean_file(
             self._ctx,
@@ -58,7 +57,7 @@ class AttachmentCleanupHandler:
             label=event.storage_backend,
             file_id=event.provider_file_id,
         )
-        return self._outcome(result, row_exists=status is not None)
+        return self._outcome(result, row_exists=taken.status is not None)
 
     def _outcome(self, result: FileOutcome, *, row_exists: bool) -> Outcome:
         match result:

@@ -87,9 +87,10 @@ class ChatCleanupHandler:
 
     async def _clean_vector_store(self, event: ChatSoftDeleted, row: VectorStoreRow) -> Outcome:
         repo, metrics = self._ctx.repo, self._ctx.metrics
-        if await repo.pending_attachments(event.chat_id):
+        unfinished = await repo.unfinished_attachments(event.chat_id)
+        if unfinished.pending:
             return Retry(RetryReason.PENDING, "attachments became pending again")
-        failed = await repo.count_failed(event.chat_id)
+        failed = unfinished.failed
         if failed:
             log.warning("vector_store_with_failed_attachments", failed_attachments=failed)
         if row.vector_store_id is not None:

@@ -21,6 +21,18 @@ class PendingAttachment:
 
 
 @dataclass(frozen=True)
+class TakenAttachment:
+    status: str | None  # None: the attachment no longer exists
+    chat_deleted: bool
+
+
+@dataclass(frozen=True)
+class UnfinishedAttachments:
+    pending: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class VectorStoreRow:
     id: UUID
     tenant_id: UUID
@@ -50,10 +62,11 @@ class CleanupRepository:
         rows = await self._rows("chat_is_deleted", {"chat_id": chat_id})
         return bool(rows[0][0])
 
-    async def take_attachment(self, attachment_id: UUID) -> str | None:
-        """The attachment's cleanup status after taking it into cleanup; None if it is gone."""
-        rows = await self._rows("take_attachment", {"attachment_id": attachment_id})
-        return rows[0][0] if rows else None
+    async def take_attachment(self, attachment_id: UUID, chat_id: UUID) -> TakenAttachment:
+        """Takes the attachment into cleanup and reads its chat's state: one round trip, not two."""
+        params = {"attachment_id": attachment_id, "chat_id": chat_id}
+        [(status, chat_deleted)] = await self._rows("take_attachment", params)
+        return TakenAttachment(status, bool(chat_deleted))
 
     async def adopt_chat_attachments(self, chat_id: UUID) -> int:
         return await self._count("adopt_chat_attachments", {"chat_id": chat_id})
@@ -78,9 +91,11 @@ class CleanupRepository:
         rows = await self._rows("pending_attachments_of_chat", {"chat_id": chat_id})
         return [PendingAttachment(*row) for row in rows]
 
-    async def count_failed(self, chat_id: UUID) -> int:
-        rows = await self._rows("count_failed_attachments_of_chat", {"chat_id": chat_id})
-        return int(rows[0][0])
+    async def unfinished_attachments(self, chat_id: UUID) -> UnfinishedAttachments:
+        """Pending and failed counts in one round trip (the re-check before a store delete)."""
+        params = {"chat_id": chat_id}
+        [(pending, failed)] = await self._rows("unfinished_attachments_of_chat", params)
+        return UnfinishedAttachments(int(pending), int(failed))
 
     async def vector_store(self, chat_id: UUID) -> VectorStoreRow | None:
         rows = await self._rows("vector_store_of_chat", {"chat_id": chat_id})
