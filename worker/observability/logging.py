@@ -64,6 +64,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(\bbearer\s+)[\w\-.~+/]+=*", re.IGNORECASE), r"\1***"),
     (re.compile(r"\bsk-[\w\-]{8,}"), REDACTED),  # OpenAI-style keys: sk-..., sk-proj-...
 )
+# Every text a credential pattern (here and in config.redact, for DSNs) can match contains one
+# of these; keep them in step (tests/observability/test_redact_prefilter.py checks). A regex with
+# the patterns' flag, not lower() + `in`: IGNORECASE also matches U+0131 (dotless i), U+017F
+# (long s) and U+212A (Kelvin sign) to i, s, k, which lower() does not.
+_MAY_HOLD_CREDENTIAL = re.compile(
+    r"authorization|api[-_]?key|passw|pwd|secret|token|bearer|sk-|://", re.IGNORECASE
+)
 _MIN_SECRET_LENGTH = 4  # shorter values cannot be masked without mangling every line
 _MAX_DEPTH = 8
 _HANDLER_NAME = "cleanup-worker"
@@ -100,8 +107,16 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with registered secrets and anything shaped like a credential replaced."""
-    text = redact_dsn(_secrets.mask(text))  # DSN forms are the config module's to know
+    """``text`` with registered secrets and anything shaped like a credential replaced.
+
+    The credential patterns run only if ``_MAY_HOLD_CREDENTIAL`` finds one of their literals:
+    this is the hot path of every log line, and most values (ids, queue names, outcomes) have
+    none. Registered secrets are arbitrary strings, so they are masked before that check.
+    """
+    text = _secrets.mask(text)  # arbitrary strings: never behind the pre-filter
+    if not _MAY_HOLD_CREDENTIAL.search(text):
+        return text
+    text = redact_dsn(text)  # DSN forms are the config module's to know
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
