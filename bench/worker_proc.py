@@ -60,7 +60,8 @@ def _ready() -> None:
 async def run_noop(config: Config) -> int:
     async with open_app(config, environ=dict(os.environ)) as app:
         handlers = dict.fromkeys(app.queues, noop_handler)
-        engine = Engine(app.pool, handlers, EngineSettings.from_config(config.outbox))
+        settings = EngineSettings.from_config(config.outbox)
+        engine = Engine(app.pool, handlers, settings, lease_pool=app.engine.lease_pool)
         return await Daemon(dataclasses.replace(app, engine=engine)).run()
 
 

@@ -92,5 +92,28 @@ async def test_a_full_process_wakes_one_waiting_lane_per_finished_message(pool, 
     lanes[2].cancel()
 
 
+async def test_lanes_leasing_at_once_see_each_others_batches(pool, conn):
+    """Lanes of one process decide how much to lease before the database answers: an idle
+    process's lanes must not all see it idle and each take a whole batch."""
+    for partition in range(3):
+        await enqueue_many(conn, AQ, partition, range(10))
+    release = asyncio.Event()
+
+    async def held(message: Message):
+        await release.wait()
+        return Ok()
+
+    engine = make_engine(pool, {AQ: held}, concurrency=4, batch_size=10)
+    await engine.sequence()
+    lanes = [asyncio.create_task(engine.process_partitions(AQ, max_partitions=1))
+             for _ in range(3)]  # fmt: skip
+    await asyncio.sleep(0.5)
+    release.set()
+    reports = await asyncio.gather(*lanes)
+    assert sorted(r.handled for r in reports) == [0, 0, 10]  # one batch; two partitions left
+    other = make_engine(pool, {AQ: _ok})
+    assert (await other.process_partitions(AQ, max_partitions=4)).handled == 20
+
+
 async def _ok(message: Message) -> Ok:
     return Ok()

@@ -142,16 +142,21 @@ class Runner:
         self._slots = asyncio.Semaphore(concurrency)
         self._budget = budget_seconds
         self._unfinished = 0  # messages handed to run_all and not finished yet
+        self._reserved = 0  # messages being leased and read, not handed to run_all yet
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
     @property
+    def _taken(self) -> int:
+        return self._unfinished + self._reserved
+
+    @property
     def idle(self) -> bool:
-        return self._unfinished == 0
+        return self._taken == 0
 
     @property
     def free_slots(self) -> int:
-        """Slots not taken by a message running or already waiting for one."""
-        return max(0, self._concurrency - self._unfinished)
+        """Slots not taken by a message running, waiting for one, or being leased."""
+        return max(0, self._concurrency - self._taken)
 
     @property
     def room(self) -> int:
@@ -160,21 +165,38 @@ class Runner:
         The queue keeps the slots busy while a batch's messages finish one by one; more than
         one wave would only sit here while other replicas with free slots wait for work.
         """
-        return max(0, 2 * self._concurrency - self._unfinished)
+        return max(0, 2 * self._concurrency - self._taken)
+
+    def reserve(self, count: int) -> None:
+        """Count ``count`` messages as taken while they are leased and read.
+
+        Lanes decide how much to lease before awaiting the database: unreserved, every lane of
+        an idle process saw it idle at once and each leased a full batch, and other replicas
+        had nothing left to lease (4 replicas drained at under 3x one).
+        """
+        self._reserved += count
+
+    def unreserve(self, count: int) -> None:
+        self._reserved -= count
+        for _ in range(min(count, len(self._slot_waiters))):
+            self._wake_slot_waiter()
 
     async def wait_for_slot(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Whether a slot is free, waiting up to ``timeout`` for a message to finish.
+        """Whether a slot is free, waiting up to ``timeout`` for one to free up.
 
-        Each finished message wakes one waiter, so lanes refill a freed slot at once instead of
+        A finished message wakes one waiter, so lanes refill a freed slot at once instead of
         after a poll interval, without all of them racing for it.
         """
-        if self.free_slots:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._slot_waiters.append(waiter)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter, timeout)
-        return self.free_slots > 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.free_slots:
+            if (left := deadline - loop.time()) <= 0:
+                return False
+            waiter = loop.create_future()
+            self._slot_waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, left)
+        return True
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
         """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
@@ -201,6 +223,9 @@ class Runner:
 
     def _finished(self, _task: asyncio.Task[Handled]) -> None:
         self._unfinished -= 1
+        self._wake_slot_waiter()
+
+    def _wake_slot_waiter(self) -> None:
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():  # a waiter that timed out is cancelled, hence done

@@ -141,14 +141,19 @@ class Engine:
         if self._runner.free_slots == 0 or (stop is not None and stop.is_set()):
             return RoundReport()
         limit = self.settings.batch_size if self._runner.idle else self._runner.room
-        leases = await processor.lease_partitions(
-            self.pool,
-            queue,
-            worker_id=self.worker_id,
-            lease_seconds=self.settings.lease_seconds,
-            limit=max_partitions,
-        )
         limit = min(self.settings.batch_size, limit)
+        leases: list[processor.PartitionLease] = []
+        self._runner.reserve(limit * max_partitions)
+        try:
+            leases = await processor.lease_partitions(
+                self.pool,
+                queue,
+                worker_id=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limit=max_partitions,
+            )
+        finally:  # each lease keeps its share until its batch is read (_process_lease)
+            self._runner.unreserve(limit * (max_partitions - len(leases)))
         reports = await asyncio.gather(
             *(self._process_lease(lease, limit, abort) for lease in leases)
         )
@@ -160,7 +165,11 @@ class Engine:
     async def _process_lease(
         self, lease: processor.PartitionLease, limit: int, abort: asyncio.Event
     ) -> RoundReport:
-        envelopes = await processor.read_batch(self.pool, lease, limit=limit)
+        try:
+            envelopes = await processor.read_batch(self.pool, lease, limit=limit)
+        finally:
+            # No await from here to run_all, which counts the messages as unfinished.
+            self._runner.unreserve(limit)
         if not envelopes:
             await processor.release_lease(self.lease_pool, lease, worker_id=self.worker_id)
             return RoundReport()

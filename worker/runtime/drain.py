@@ -115,13 +115,21 @@ async def _one_round(app: App, queues: Sequence[str]) -> RoundReport:
     outbox = app.config.outbox
     partitions = {q.name: q.partitions for q in (outbox.attachment_queue, outbox.chat_queue)}
     reports = await asyncio.gather(
-        *(engine.process_partitions(queue, max_partitions=partitions[queue]) for queue in queues),
+        *(_partitions_round(app, queue, partitions[queue]) for queue in queues),
         engine.process_retries(limit=outbox.batch_size, queues=queues),
     )
     for report in reports:
         record_round(app.metrics, report)
         total.merge(report)
     return total
+
+
+async def _partitions_round(app: App, queue: str, max_partitions: int) -> RoundReport:
+    """The queues share the handler slots: a full process waits for one (at most a handler's
+    budget) instead of reading "full" as "nothing to do" and ending the pass early."""
+    engine = app.engine
+    await engine.wait_for_capacity(timeout=app.config.outbox.lease_seconds)
+    return await engine.process_partitions(queue, max_partitions=max_partitions)
 
 
 def _wait_for_next_due(status: Status) -> float:
