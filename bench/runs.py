@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,86 +82,81 @@ class RunResult:
         return "PROBLEM " + ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else "clean"
 
 
+@asynccontextmanager
+async def _processes(
+    env: BenchEnv, plan: Plan, dsn: str
+) -> AsyncIterator[tuple[Fake | None, list[Worker]]]:
+    """The plan's provider and worker replicas, started and ready; stopped on exit."""
+    if plan.prepare is not None:
+        await plan.prepare(dsn)
+    fake = _start_fake(env, plan.provider)
+    workers = [
+        env.start_worker(plan.mode, plan.settings, dsn=dsn,
+                         provider_url=fake.url if fake else "http://127.0.0.1:9",
+                         extra_args=plan.extra_args)
+        for _ in range(plan.replicas)
+    ]  # fmt: skip
+    try:
+        await asyncio.gather(*(env.wait_ready(w) for w in workers))
+        yield fake, workers
+    finally:
+        for worker in workers:
+            await asyncio.to_thread(env.stop, worker.process)
+        if fake is not None:
+            await asyncio.to_thread(env.stop, fake.process)
+
+
 async def drain(env: BenchEnv, plan: Plan) -> RunResult:
-    async with env.database() as dsn:
-        if plan.prepare is not None:
-            await plan.prepare(dsn)
-        fake = _start_fake(env, plan.provider)
-        workers = [
-            env.start_worker(plan.mode, plan.settings, dsn=dsn,
-                             provider_url=fake.url if fake else "http://127.0.0.1:9",
-                             extra_args=plan.extra_args)
-            for _ in range(plan.replicas)
-        ]  # fmt: skip
+    async with env.database() as dsn, _processes(env, plan, dsn) as (fake, workers):
+        db = await Database.connect(dsn)
         try:
-            await asyncio.gather(*(env.wait_ready(w) for w in workers))
-            db = await Database.connect(dsn)
-            try:
-                groups = ProcessGroups({
-                    "worker": lambda: [w.pid for w in workers],
-                    "postgres": postgres_pids(dsn),
-                    "provider": lambda: [fake.pid] if fake else [],
-                })  # fmt: skip
-                await plan.seed(db)
+            groups = ProcessGroups({
+                "worker": lambda: [w.pid for w in workers],
+                "postgres": postgres_pids(dsn),
+                "provider": lambda: [fake.pid] if fake else [],
+            })  # fmt: skip
+            await plan.seed(db)
 
-                async def done() -> int:
-                    return await plan.counter(db)
+            async def done() -> int:
+                return await plan.counter(db)
 
-                window = await watch_drain(
-                    done,
-                    plan.total,
-                    groups,
-                    timeout_seconds=plan.timeout_seconds,
-                    alive=lambda: _dead(workers),
-                )
-                result = RunResult(window, peak_rss_bytes=[groups.peak_rss(w.pid) for w in workers])
-                if plan.mode in ("real", "original"):
-                    result.outcome = await db.row("outcome_totals")
-            finally:
-                await db.close()
-            if fake is not None:
-                result.provider_summary = await asyncio.to_thread(fake.summary)
-            return result
+            window = await watch_drain(
+                done,
+                plan.total,
+                groups,
+                timeout_seconds=plan.timeout_seconds,
+                alive=lambda: _dead(workers),
+            )
+            result = RunResult(window, peak_rss_bytes=[groups.peak_rss(w.pid) for w in workers])
+            if plan.mode in ("real", "original"):
+                result.outcome = await db.row("outcome_totals")
         finally:
-            for worker in workers:
-                await asyncio.to_thread(env.stop, worker.process)
-            if fake is not None:
-                await asyncio.to_thread(env.stop, fake.process)
+            await db.close()
+        if fake is not None:
+            result.provider_summary = await asyncio.to_thread(fake.summary)
+        return result
 
 
 async def steady_rate(
     env: BenchEnv, plan: Plan, *, warmup_seconds: float, seconds: float
 ) -> RunResult:
     """Like ``drain`` but over a fixed time on a backlog that outlasts it (rate-limited runs)."""
-    async with env.database() as dsn:
-        fake = _start_fake(env, plan.provider)
-        workers = [
-            env.start_worker(plan.mode, plan.settings, dsn=dsn,
-                             provider_url=fake.url if fake else "http://127.0.0.1:9")
-            for _ in range(plan.replicas)
-        ]  # fmt: skip
+    async with env.database() as dsn, _processes(env, plan, dsn) as (fake, _workers):
+        db = await Database.connect(dsn)
         try:
-            await asyncio.gather(*(env.wait_ready(w) for w in workers))
-            db = await Database.connect(dsn)
-            try:
-                await plan.seed(db)
-                while await plan.counter(db) == 0:  # noqa: ASYNC110 (polls the database)
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(warmup_seconds)
-                start, t0 = await plan.counter(db), time.monotonic()
-                before = await asyncio.to_thread(fake.summary) if fake else {}
-                await asyncio.sleep(seconds)
-                end, t1 = await plan.counter(db), time.monotonic()
-                after = await asyncio.to_thread(fake.summary) if fake else {}
-            finally:
-                await db.close()
-            window = Window(messages=end - start, seconds=t1 - t0, total_seconds=t1 - t0)
-            return RunResult(window, provider_summary=_summary_delta(before, after))
+            await plan.seed(db)
+            while await plan.counter(db) == 0:  # noqa: ASYNC110 (polls the database)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(warmup_seconds)
+            start, t0 = await plan.counter(db), time.monotonic()
+            before = await asyncio.to_thread(fake.summary) if fake else {}
+            await asyncio.sleep(seconds)
+            end, t1 = await plan.counter(db), time.monotonic()
+            after = await asyncio.to_thread(fake.summary) if fake else {}
         finally:
-            for worker in workers:
-                await asyncio.to_thread(env.stop, worker.process)
-            if fake is not None:
-                await asyncio.to_thread(env.stop, fake.process)
+            await db.close()
+        window = Window(messages=end - start, seconds=t1 - t0, total_seconds=t1 - t0)
+        return RunResult(window, provider_summary=_summary_delta(before, after))
 
 
 def _dead(workers: list[Worker]) -> str | None:

@@ -8,19 +8,37 @@ a migrated template, so tests are isolated and fast.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import Config
 from worker.db import Conn
+from worker.observability.logging import LIBRARY_LOGGERS
 from worker.runtime.migrate import migrate
 from worker.sandbox.postgres import PostgresServer, start_postgres
 
 TEMPLATE = "cw_template"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """configure_logging (and in-process CLI runs) change process-wide state; put it back."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in (*LIBRARY_LOGGERS, "worker")}
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
 
 
 @pytest.fixture(scope="session")

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from cli.support import API_KEY, base_env, make_config, write_config
-from worker.observability.logging import LIBRARY_LOGGERS
 from worker.sandbox.fake_openai import FakeOpenAI
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """In-process CLI runs configure logging into CliRunner's streams; undo that afterwards."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in (*LIBRARY_LOGGERS, "worker")}
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in levels.items():
-        logging.getLogger(name).setLevel(old)
 
 
 @pytest.fixture

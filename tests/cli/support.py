@@ -28,8 +28,8 @@ from uuid import UUID
 import psycopg
 import yaml
 from click.testing import CliRunner
+from dsn import rows, scalar
 from factories import Attachment, Chat, create_attachment, create_chat, create_vector_store
-from psycopg.rows import dict_row
 
 from worker import producer
 from worker.cli import main
@@ -359,22 +359,6 @@ async def enqueue_raw(dsn: str, queue: str, payload: bytes, partition: int = 0) 
 
 
 # -- database truth ------------------------------------------------------------------------------
-
-
-async def scalar(dsn: str, query: str, params: Any = None) -> Any:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(query, params)
-        row = await cur.fetchone()
-        return None if row is None else row[0]
-
-
-async def rows(dsn: str, query: str, params: Any = None) -> list[dict[str, Any]]:
-    async with (
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
-        conn.cursor(row_factory=dict_row) as cur,
-    ):
-        await cur.execute(query, params)
-        return await cur.fetchall()
 
 
 async def truth(dsn: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ import structlog
 from structlog.testing import capture_logs
 
 from worker.observability.logging import (
-    LIBRARY_LOGGERS,
     configure_logging,
     redact,
     redact_event,
@@ -24,21 +22,6 @@ from worker.observability.logging import (
 DSN_PW = "s3cr3t-" + "DSN-pw"
 API_KEY = "sk-test-" + "KEY-123"
 SECRETS = (DSN_PW, API_KEY)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state; put it back for the other tests."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in (*LIBRARY_LOGGERS, "worker")}
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in levels.items():
-        logging.getLogger(name).setLevel(old)
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -83,9 +83,7 @@ async def gateways() -> AsyncIterator[list[ProviderGateway]]:
         await gateway.aclose()
 
 
-def make(
-    built: list[ProviderGateway], config: ProvidersConfig, **kwargs: Any
-) -> ProviderGateway:
+def make(built: list[ProviderGateway], config: ProvidersConfig, **kwargs: Any) -> ProviderGateway:
     gateway = ProviderGateway(config, environ=KEYS, **kwargs)  # default pool: real sockets
     built.append(gateway)
     return gateway
@@ -255,9 +253,7 @@ async def test_one_tenants_broken_key_does_not_touch_others(
     assert fake.files == {"fa"}
 
 
-async def test_wrong_key_and_api_version(
-    fake: FakeOpenAI, gateways: list[ProviderGateway]
-) -> None:
+async def test_wrong_key_and_api_version(fake: FakeOpenAI, gateways: list[ProviderGateway]) -> None:
     fake.add_file("f1")
     wrong_key = make(gateways, routing(fake), retry=NO_RETRY)
     wrong_key_env = {**KEYS, "C_KEY": "sk-revoked"}

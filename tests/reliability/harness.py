@@ -50,8 +50,8 @@ from uuid import UUID
 
 import psycopg
 import yaml
+from dsn import rows, scalar
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
 
 from worker import producer
 from worker.config import QueueConfig
@@ -318,22 +318,6 @@ async def create_database(server: PostgresServer, name: str, password: str) -> s
 def drop_database(server: PostgresServer, name: str) -> None:
     with contextlib.suppress(psycopg.Error):
         _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def scalar(dsn: str, query: str, params: Any = None) -> Any:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(query, params)
-        row = await cur.fetchone()
-        return None if row is None else row[0]
-
-
-async def rows(dsn: str, query: str, params: Any = None) -> list[dict[str, Any]]:
-    async with (
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
-        conn.cursor(row_factory=dict_row) as cur,
-    ):
-        await cur.execute(query, params)
-        return await cur.fetchall()
 
 
 # -- worker processes ------------------------------------------------------------------------
