@@ -24,7 +24,7 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
-from worker.db.pool import connect, translate_errors
+from worker.db.pool import connect, connection_kwargs, translate_errors
 from worker.errors import (
     CleanupWorkerError,
     ConfigError,
@@ -425,7 +425,7 @@ def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[st
 
     server = start_postgres()
     stack.callback(server.close)  # a no-op once detached
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+    with psycopg.connect(server.dsn(), **connection_kwargs()) as conn:
         conn.execute(b"CREATE DATABASE cleanup_worker_demo")
     return server.dsn("cleanup_worker_demo"), server.detach() if keep else ""
 

@@ -6,6 +6,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -31,6 +32,18 @@ def translate_errors() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def connection_kwargs() -> dict[str, Any]:
+    """Keyword arguments of every connection the worker opens (pools and single ones alike).
+
+    ``autocommit``: transactions are explicit (``conn.transaction()``). ``prepare_threshold``
+    None: no server-side prepared statements. Behind PgBouncer in transaction pooling mode
+    (Debian's 1.18 has no prepared-statement support) consecutive transactions of one client
+    run on different server connections, so psycopg's automatic ``_pg3_N`` statements collide
+    (DuplicatePreparedStatement) or vanish; SPEC §13.
+    """
+    return {"autocommit": True, "prepare_threshold": None}
 
 
 # A connection handed back to the pool less than this long ago is lent again without a check.
@@ -79,7 +92,7 @@ async def open_pool(
         max_size=max_size,
         timeout=timeout_seconds,
         open=False,
-        kwargs={"autocommit": True},
+        kwargs=connection_kwargs(),
         name=name,
         check=recent.check,
         reset=recent.returned,
@@ -95,5 +108,5 @@ async def connect(dsn: str, *, timeout_seconds: float = 10.0) -> Conn:
     """One autocommit connection, for CLI commands that need no pool."""
     with translate_errors():
         return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=max(1, int(timeout_seconds))
+            dsn, connect_timeout=max(1, int(timeout_seconds)), **connection_kwargs()
         )
