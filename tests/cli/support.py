@@ -33,6 +33,7 @@ from factories import Attachment, Chat, create_attachment, create_chat, create_v
 
 from worker import producer
 from worker.cli import main
+from worker.db.pool import connection_kwargs
 from worker.outbox.enqueue import enqueue
 from worker.sandbox.fake_openai import FakeOpenAI
 
@@ -295,7 +296,7 @@ async def seed(
     an active chat, each through the producer flow; the resources exist at ``fake``."""
     world = World([], [], [], [])
     tenant_ids = [uuid.uuid4() for _ in range(tenants)]
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(dsn, **connection_kwargs()) as conn:
         for i in range(chats):
             tenant = tenant_ids[i % tenants]
             chat = await create_chat(conn, tenant)
@@ -338,7 +339,7 @@ async def delete_single(
     """``n`` attachments of one active chat, each deleted alone (one message each)."""
     tenant = tenant or uuid.uuid4()
     made = []
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(dsn, **connection_kwargs()) as conn:
         chat = await create_chat(conn, tenant)
         for _ in range(n):
             att = await create_attachment(conn, chat.id, tenant)
@@ -354,7 +355,7 @@ async def delete_single(
 
 
 async def enqueue_raw(dsn: str, queue: str, payload: bytes, partition: int = 0) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(dsn, **connection_kwargs()) as conn:
         await enqueue(conn, queue, partition, payload)
 
 

@@ -20,6 +20,7 @@ from cli.support import (
     scalar,
 )
 from worker import producer
+from worker.db.pool import connection_kwargs
 from worker.sandbox.fake_openai import FakeOpenAI
 
 DEAD_LETTER_KEYS = {
@@ -87,7 +88,7 @@ async def test_replay_round_trip(
 ) -> None:
     """A chat-cleanup event for a chat that is not deleted is rejected; once the chat service
     fixes the row, the operator replays it and the dead letter ends resolved."""
-    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(db, **connection_kwargs()) as conn:
         chat = await create_chat(conn, uuid.uuid4())
         att = await create_attachment(conn, chat.id, chat.tenant_id)
         fake.add_file(att.provider_file_id)
@@ -100,7 +101,7 @@ async def test_replay_round_trip(
     dead_id = entry["id"]
 
     # The fix: the chat is really deleted now (the chat service's soft-delete, minus the event).
-    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(db, **connection_kwargs()) as conn:
         await conn.execute("UPDATE chats SET deleted_at = now() WHERE id = %s", (chat.id,))
         await conn.execute(
             "UPDATE attachments SET cleanup_status = 'pending' WHERE chat_id = %s", (chat.id,)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from cli.support import (
     API_KEY,
@@ -31,20 +31,15 @@ from cli.support import (
     write_config,
 )
 from worker.sandbox.fake_openai import FakeOpenAI, Fault
-from worker.sandbox.postgres import PostgresServer
 
 ROLE = "cw_secret"
 LOGS = ["--log-format", "json", "--log-level", "debug"]
 
 
 @pytest.fixture
-def secret_dsn(pg_server: PostgresServer, db: str) -> str:
+def secret_dsn(role_dsn: Callable[..., str], db: str) -> str:
     """The test database, reached as a role whose password is in the DSN."""
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        conn.execute(f"{verb} ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{DSN_PASSWORD}'".encode())
-    dsn = make_conninfo(db, user=ROLE, password=DSN_PASSWORD)
+    dsn = role_dsn(db, ROLE, DSN_PASSWORD, "SUPERUSER")
     assert DSN_PASSWORD in dsn
     return dsn
 

@@ -18,6 +18,7 @@ import pytest
 
 from handlers.support import KEYS, Stack, build_config
 from worker.db import Conn
+from worker.db.pool import connection_kwargs
 from worker.runtime.app import open_app
 from worker.sandbox.fake_openai import FakeOpenAI
 from worker.sandbox.postgres import PostgresServer
@@ -44,11 +45,13 @@ UPDATE modkit_outbox_vacuum_counter SET counter = 0;
 
 
 @pytest.fixture(scope="session")
-def handlers_db(pg_server: PostgresServer, template_db: str) -> Iterator[str]:
+def handlers_db(
+    pg_server: PostgresServer, template_db: str, client_dsn: Callable[[str], str]
+) -> Iterator[str]:
     name = f"handlers_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'.encode())
-    yield pg_server.dsn(name)
+    yield client_dsn(name)
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
@@ -56,7 +59,7 @@ def handlers_db(pg_server: PostgresServer, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def db(handlers_db: str) -> str:
     """The shared handler-test database, emptied: as fresh as the root ``db`` fixture's."""
-    with psycopg.connect(handlers_db, autocommit=True) as conn:
+    with psycopg.connect(handlers_db, **connection_kwargs()) as conn:
         conn.execute(RESET)
     return handlers_db
 

@@ -21,6 +21,7 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
+from worker.db.pool import connection_kwargs
 from worker.models import Message, Ok
 from worker.outbox.delivery import RetryPolicy
 from worker.outbox.engine import Engine, EngineSettings
@@ -50,7 +51,7 @@ async def _barrier(pool: AsyncConnectionPool, peers: int) -> None:
 async def sequence(dsn: str, peers: int) -> None:
     moved = 0
     async with AsyncConnectionPool(
-        dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+        dsn, min_size=1, max_size=2, kwargs=connection_kwargs(), open=False
     ) as pool:
         await _barrier(pool, peers)
         deadline = time.monotonic() + DEADLINE_SECONDS
@@ -65,7 +66,7 @@ async def drain(dsn: str, peers: int, expected: int, lease_seconds: float, batch
     pid = os.getpid()
     rng = random.Random(pid)
     async with AsyncConnectionPool(
-        dsn, min_size=2, max_size=12, kwargs={"autocommit": True}, open=False
+        dsn, min_size=2, max_size=12, kwargs=connection_kwargs(), open=False
     ) as pool:
 
         async def handler(message: Message) -> Ok:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from worker.db.pool import connection_kwargs
 from worker.models import Message, Ok, Reject, Retry, RetryReason
 from worker.outbox import processor
 from worker.outbox.engine import Engine
@@ -283,10 +284,10 @@ async def test_handlers_holding_every_pooled_connection_do_not_starve_the_heartb
     entered = asyncio.Event()
     async with (
         AsyncConnectionPool(
-            db, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+            db, min_size=1, max_size=1, kwargs=connection_kwargs(), open=False
         ) as handlers_pool,
         AsyncConnectionPool(
-            db, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
+            db, min_size=1, max_size=2, kwargs=connection_kwargs(), open=False
         ) as lease_pool,
     ):
 

@@ -10,6 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import QueueConfig
+from worker.db.pool import connection_kwargs
 from worker.errors import PartitionCountMismatch
 from worker.runtime.migrate import migrate, migration_files, pending_migrations
 
@@ -21,7 +22,7 @@ SCHEMA = [m.name for m in migration_files(with_app_schema=False)]
 
 
 async def _connect(dsn: str) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    return await psycopg.AsyncConnection.connect(dsn, **connection_kwargs())
 
 
 async def _queue_rows(conn) -> dict[str, int]:
@@ -88,7 +89,7 @@ async def test_migrate_accepts_the_original_librarys_database(empty_db):
         assert await count(conn, "modkit_outbox_incoming") == 1
 
     async with AsyncConnectionPool(
-        empty_db, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        empty_db, min_size=1, max_size=4, kwargs=connection_kwargs(), open=False
     ) as pool, await _connect(empty_db) as conn:  # fmt: skip
         handler = Recorder()
         engine = make_engine(pool, {AQ: handler, CQ: Recorder()})

@@ -9,6 +9,7 @@ import random
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from worker.db.pool import connection_kwargs
 from worker.outbox.enqueue import enqueue
 from worker.outbox.maintenance import sequence_queues
 
@@ -88,7 +89,9 @@ async def test_large_backlog_is_sequenced_in_chunks_without_gaps(pool, conn):
 async def test_sequencer_skips_a_partition_another_sequencer_holds(pool, conn, db):
     await enqueue_many(conn, AQ, 0, range(2))
     await enqueue_many(conn, AQ, 1, range(2, 3))
-    async with AsyncConnectionPool(db, min_size=1, max_size=1, open=False) as other:
+    async with AsyncConnectionPool(
+        db, min_size=1, max_size=1, kwargs=connection_kwargs(), open=False
+    ) as other:
         async with other.connection() as holder, holder.transaction():
             # The chat service's own sequencer holds partition 0 right now.
             await holder.execute(
@@ -111,7 +114,7 @@ async def test_concurrent_sequencers_never_duplicate_or_lose(pool, conn, db, spa
     async def sequencer_task() -> None:
         nonlocal moved_in_tasks
         async with AsyncConnectionPool(
-            db, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+            db, min_size=1, max_size=1, kwargs=connection_kwargs(), open=False
         ) as own:
             while producing.is_set():
                 moved = await sequence_queues(own, [AQ, CQ])
@@ -135,7 +138,7 @@ async def test_concurrent_sequencers_never_duplicate_or_lose(pool, conn, db, spa
     n = 0
     async with (
         AsyncConnectionPool(
-            db, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+            db, min_size=1, max_size=1, kwargs=connection_kwargs(), open=False
         ) as producer_pool,
         producer_pool.connection() as producer,
     ):
