@@ -40,6 +40,7 @@ from worker.producer import Queues
 from worker.runtime.checks import check_config
 from worker.runtime.migrate import migrate as apply_migrations
 from worker.runtime.repair import retry_failed as run_retry_failed
+from worker.runtime.secrets import register_secrets
 from worker.runtime.status import read_status
 
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class Globals:
     def load(self) -> Config:
         dsn = None if self.dsn_from_env else self.dsn
         config = load_config(self.config_path, environ=os.environ, dsn=dsn)
+        register_secrets(config, dict(os.environ))  # before anything can print or log
         obs = config.observability
         configure_logging(
             log_format=self.log_format or obs.log_format,  # type: ignore[arg-type]
@@ -95,7 +97,8 @@ def _emit_json(value: Any) -> None:
     "--dsn",
     envvar="CLEANUP_WORKER_DSN",
     metavar="DSN",
-    help="PostgreSQL DSN; overrides database.dsn (env CLEANUP_WORKER_DSN).",
+    help="PostgreSQL DSN; overrides database.dsn (env CLEANUP_WORKER_DSN); migrate uses "
+    "database.migrate_dsn when that is set.",
 )
 @click.option(
     "--log-format",
@@ -136,9 +139,11 @@ def cli(
 def migrate(g: Globals, with_app_schema: bool) -> None:
     """Apply sql/ and register the queues (idempotent; safe from many replicas at once)."""
     config = g.load()
+    db = config.database
+    key = "database.migrate_dsn" if db.migrate_dsn else "database.dsn"
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
+        async with await connect(db.migrate_dsn or db.dsn, key=key) as conn:
             with translate_errors():
                 report = await apply_migrations(
                     conn,
@@ -158,6 +163,10 @@ def run(g: Globals) -> int:
     config = g.load()
 
     async def go() -> int:
+        # Refused credentials stop it at once (exit 2); an unreachable database does not: the
+        # daemon starts, reports not-ready and waits for it.
+        with contextlib.suppress(DatabaseUnavailable):
+            await (await connect(config.database.dsn, timeout_seconds=5)).close()
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.daemon import Daemon
 

@@ -27,7 +27,9 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, 
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from worker.errors import ConfigError
 
@@ -37,7 +39,14 @@ LogFormat = Literal["json", "console", "auto"]
 
 @dataclass(frozen=True)
 class DatabaseConfig:
+    """Two roles (least privilege, SPEC §13): ``dsn`` is the running worker's (DML only),
+    ``migrate_dsn`` the one `migrate` uses (DDL; unset: ``dsn``). Each can instead be read from
+    a file (``dsn_file``, ``migrate_dsn_file``: a mounted secret); ``load_config`` reads it."""
+
     dsn: str = "postgresql:///cleanup_worker"
+    dsn_file: str | None = None
+    migrate_dsn: str | None = None
+    migrate_dsn_file: str | None = None
     pool_min_size: int = 2
     pool_max_size: int = 10
 
@@ -153,6 +162,8 @@ _KeyPath = tuple[str, ...]
 
 # scheme://user:SECRET@host: greedy to the token's last '@' (over-redacting is the safe side).
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)\S*@")
+# The password of a URI's userinfo (group 2), for masking it in libpq's parse errors.
+_URL_USERINFO_PASSWORD = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)([^@/]*)@")
 # conninfo `password='a b'`, query `?password=x`, `PGPASSWORD=x`, YAML/JSON `"password": "x"`.
 _KV_PASSWORD = re.compile(
     r"""(?i)(password["']?\s*[=:]\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&;,}]+)"""
@@ -185,23 +196,28 @@ def _regex(expect: str, pattern: str) -> _Rule:
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,30}[A-Za-z0-9])?")  # a VARCHAR(32) column
 _URL = _regex("an http(s) URL", r"https?://[^\s/?#]+\S*")
+_FILE = _Rule("a non-empty file path", lambda v: v.strip() and "\0" not in v)
+_DSN = _Rule(
+    "a PostgreSQL URI (postgresql://...) or a key=value conninfo string",
+    lambda v: v.startswith(("postgresql://", "postgres://")) or ("=" in v and "://" not in v),
+)
 _SECONDS, _INT_1K = _range(0, 3600, open_lo=True), _range(1, 1024, integer=True)
 _PER_BACKEND = {
     "base_url": _URL,
     "endpoint": _URL,
     "api_version": _regex("an API version such as 2025-03-01-preview", r"\S+"),
     "api_key_env": _regex(f"an environment variable name ({_ENV_NAME})", _ENV_NAME),
-    "api_key_file": _Rule("a non-empty file path", lambda v: v.strip() and "\0" not in v),
+    "api_key_file": _FILE,
     "timeout_seconds": _SECONDS,
     "max_concurrency": _INT_1K,
     "max_rps": _range(0, 100_000, open_lo=True),
 }
 _RULES: dict[tuple[type, str], _Rule] = {
     **{(cls, k): r for cls in (BackendConfig, TenantOverride) for k, r in _PER_BACKEND.items()},
-    (DatabaseConfig, "dsn"): _Rule(
-        "a PostgreSQL URI (postgresql://...) or a key=value conninfo string",
-        lambda v: v.startswith(("postgresql://", "postgres://")) or ("=" in v and "://" not in v),
-    ),
+    (DatabaseConfig, "dsn"): _DSN,
+    (DatabaseConfig, "migrate_dsn"): _DSN,
+    (DatabaseConfig, "dsn_file"): _FILE,
+    (DatabaseConfig, "migrate_dsn_file"): _FILE,
     (DatabaseConfig, "pool_min_size"): _range(0, 1000, integer=True),
     (DatabaseConfig, "pool_max_size"): _range(1, 1000, integer=True),
     (QueueConfig, "name"): _regex(
@@ -469,6 +485,7 @@ class _Loader:
         )
 
     def check(self, cfg: Config) -> Config:
+        cfg = replace(cfg, database=self.database(cfg.database))
         for at, op, other, why in _CROSS_KEY:
             mine, theirs = _get(cfg, at), _get(cfg, other)
             if not _OPS[op][0](mine, theirs):
@@ -509,6 +526,46 @@ class _Loader:
             if b.kind == "openai" and b.base_url is None:
                 backends[label] = replace(b, base_url=OPENAI_DEFAULT_BASE_URL)
         return replace(cfg, providers=replace(cfg.providers, backends=backends))
+
+    def database(self, db: DatabaseConfig) -> DatabaseConfig:
+        """Read ``dsn_file`` / ``migrate_dsn_file``, then make sure libpq can parse each DSN:
+        an unparseable DSN is a configuration error at start, not a retry loop later."""
+        for key, file_key in (("dsn", "dsn_file"), ("migrate_dsn", "migrate_dsn_file")):
+            path = getattr(db, file_key)
+            if path is not None:
+                if ("database", key) in self.sources:
+                    message = f"conflicts with database.{key}: set only one"
+                    raise self.error(("database", file_key), message, ("database", key))
+                db = replace(db, **{key: self.dsn_from_file(("database", file_key), path)})
+            value = getattr(db, key)
+            problem = None if value is None else _dsn_problem(value)
+            if problem:
+                at = ("database", file_key if path is not None else key)
+                raise self.error(at, f"not a usable PostgreSQL DSN: {problem}")
+        return db
+
+    def dsn_from_file(self, at: _KeyPath, path: str) -> str:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise self.error(at, f"cannot read {path}: {reason}") from None
+        if not _DSN.ok(text):
+            raise self.error(at, f"{path} does not hold {_DSN.expect} (content not shown)")
+        return text
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """libpq's reason for rejecting ``dsn`` (its password masked), or None if it parses."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be parsed"
+        password = _URL_USERINFO_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
+        if password and password.group(2):
+            reason = reason.replace(password.group(2), "***")
+        return redact(reason)
+    return None
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str], dsn: str | None = None) -> Config:

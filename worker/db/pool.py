@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,7 @@ import psycopg_pool
 
 from worker.config import redact
 from worker.db import Conn
-from worker.errors import DatabaseUnavailable, SchemaError
+from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 
 
 @contextmanager
@@ -104,9 +105,36 @@ async def open_pool(
         await pool.close()
 
 
-async def connect(dsn: str, *, timeout_seconds: float = 10.0) -> Conn:
-    """One autocommit connection, for CLI commands that need no pool."""
-    with translate_errors():
-        return await psycopg.AsyncConnection.connect(
-            dsn, connect_timeout=max(1, int(timeout_seconds)), **connection_kwargs()
-        )
+# A failed connection attempt carries no SQLSTATE: its text is all there is. These are the
+# server's, PgBouncer's and libpq's wordings for "these settings can never work": credentials
+# refused (password, SASL/scram, pg_hba, unknown role) and option values libpq rejects.
+_MISCONFIGURED = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|no password supplied|password is required"
+    r"|role \"[^\"]*\" does not exist|invalid \w+ value|Servname not supported",
+    re.IGNORECASE,
+)
+
+
+async def connect(dsn: str, *, timeout_seconds: float = 10.0, key: str = "database.dsn") -> Conn:
+    """One autocommit connection, for CLI commands that need no pool.
+
+    A DSN the server refuses (or libpq cannot use) raises ConfigError naming ``key``: retrying
+    cannot help, so it is exit 2 rather than "database unavailable" (exit 3).
+    """
+    try:
+        with translate_errors():
+            return await psycopg.AsyncConnection.connect(
+                dsn, connect_timeout=max(1, int(timeout_seconds)), **connection_kwargs()
+            )
+    except psycopg.ProgrammingError as exc:  # libpq cannot parse it
+        raise ConfigError(
+            f"{key}: not a usable PostgreSQL DSN: {redact(_first_line(exc))}"
+        ) from None
+    except DatabaseUnavailable as exc:
+        cause = exc.__cause__
+        if cause is None or not _MISCONFIGURED.search(str(cause)):
+            raise
+        raise ConfigError(
+            f"{key}: the database refused it ({redact(_first_line(cause))}); "
+            "check the user, password and options (password not shown)"
+        ) from None

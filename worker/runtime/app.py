@@ -6,28 +6,25 @@ shutdown order (engine users first, then the provider pool, then the database po
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx2
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from worker.config import BackendConfig, Config, TenantOverride
+from worker.config import Config
 from worker.db.pool import open_pool
 from worker.handlers.attachment import AttachmentCleanupHandler
 from worker.handlers.chat import ChatCleanupHandler
 from worker.handlers.files import CleanupContext
 from worker.handlers.repository import CleanupRepository
 from worker.models import Handler
-from worker.observability.logging import register_secret
 from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings
 from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
+from worker.runtime.secrets import register_secrets
 
 # Connections kept for lease upkeep (heartbeats, acks, releases) beside database.pool_max_size:
 # these statements are short, and on the handlers' pool they waited longer than a lease.
@@ -45,26 +42,6 @@ class App:
     @property
     def queues(self) -> tuple[str, ...]:
         return self.engine.queues
-
-
-def register_secrets(config: Config, environ: dict[str, str]) -> None:
-    """Teach the log redactor the DSN password and every API key this process can read."""
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(config.database.dsn).get("password")
-    except psycopg.ProgrammingError:
-        password = None
-    if password:
-        register_secret(str(password))
-    tenants = config.providers.tenants.values()
-    sources: list[BackendConfig | TenantOverride] = [*config.providers.backends.values()]
-    sources += [override for per_tenant in tenants for override in per_tenant.values()]
-    for source in sources:
-        if source.api_key_env and environ.get(source.api_key_env):
-            register_secret(environ[source.api_key_env].strip())
-        if source.api_key_file:
-            # An unreadable file is reported by check-config and by the provider layer.
-            with contextlib.suppress(OSError):
-                register_secret(Path(source.api_key_file).read_text().strip())
 
 
 @asynccontextmanager

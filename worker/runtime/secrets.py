@@ -1,0 +1,43 @@
+"""Teaching the log redactor this process's secrets, first thing after the configuration loads.
+
+Every command does this before it can print or log anything (SPEC §6, §13): the passwords of
+the DSNs (the worker's and migrate's, whether inline, from the environment or from a file) and
+every API key the configuration points at. Kept apart from ``worker.runtime.app`` so that the
+CLI can call it without importing the provider SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import psycopg
+
+from worker.config import BackendConfig, Config, TenantOverride
+from worker.observability.logging import register_secret
+
+
+def register_secrets(config: Config, environ: dict[str, str]) -> None:
+    """Teach the log redactor the DSN passwords and every API key this process can read."""
+    for dsn in (config.database.dsn, config.database.migrate_dsn):
+        password = _password(dsn) if dsn else None
+        if password:
+            register_secret(password)
+    tenants = config.providers.tenants.values()
+    sources: list[BackendConfig | TenantOverride] = [*config.providers.backends.values()]
+    sources += [override for per_tenant in tenants for override in per_tenant.values()]
+    for source in sources:
+        if source.api_key_env and environ.get(source.api_key_env):
+            register_secret(environ[source.api_key_env].strip())
+        if source.api_key_file:
+            # An unreadable file is reported by check-config and by the provider layer.
+            with contextlib.suppress(OSError):
+                register_secret(Path(source.api_key_file).read_text().strip())
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:  # load_config rejects these; masked by pattern anyway
+        return None
+    return str(password) if password else None
