@@ -536,7 +536,8 @@ class _Loader:
                 if ("database", key) in self.sources:
                     message = f"conflicts with database.{key}: set only one"
                     raise self.error(("database", file_key), message, ("database", key))
-                db = replace(db, **{key: self.dsn_from_file(("database", file_key), path)})
+                read: dict[str, Any] = {key: self.dsn_from_file(("database", file_key), path)}
+                db = replace(db, **read)
             value = getattr(db, key)
             problem = None if value is None else _dsn_problem(value)
             if problem:

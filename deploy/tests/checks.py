@@ -45,7 +45,11 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
 # Created out of band (docs/deploy.md#secrets): references to them need no object in the render.
-EXTERNAL_SECRETS = {"cleanup-worker-db": {"dsn"}, "cleanup-worker-provider-keys": set()}
+EXTERNAL_SECRETS = {
+    "cleanup-worker-db": {"dsn"},  # the worker's role (DML)
+    "cleanup-worker-db-migrate": {"dsn"},  # migrate's role (DDL)
+    "cleanup-worker-provider-keys": set(),
+}
 BARE_IMAGE = "cleanup-worker"
 
 # --------------------------------------------------------------------------------------------

@@ -117,3 +117,52 @@ def test_keda_backlog_query_counts_due_work_of_the_cleanup_queues(db: str) -> No
                 (att0, seq),
             )
         assert conn.execute(query.encode()).fetchone() == (3 + 3 + 1,)
+
+
+def _pod_specs() -> dict[str, dict[str, Any]]:
+    job = _yaml("deploy/overlays/drain-job/job.yaml")
+    cron = _yaml("deploy/overlays/drain-job/cronjob.yaml")
+    return {
+        "deployment": _yaml("deploy/base/deployment.yaml")["spec"]["template"]["spec"],
+        "job": job["spec"]["template"]["spec"],
+        "cronjob": cron["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+    }
+
+
+def _secret_mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """mount path -> secret name, for the secrets this container mounts."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    return {
+        m["mountPath"]: secrets[m["name"]]
+        for m in container["volumeMounts"]
+        if m["name"] in secrets
+    }
+
+
+def test_migrate_and_the_worker_use_their_own_roles(tmp_path: Path) -> None:
+    """Least privilege (SPEC §13): the migrate init container reads the DDL role's DSN from its
+    own secret, the worker and drain containers the DML role's; neither sees the other's."""
+    for name, pod in _pod_specs().items():
+        (migrate,) = pod["initContainers"]
+        for container in (migrate, *pod["containers"]):
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            key = "MIGRATE_DSN_FILE" if container is migrate else "DSN_FILE"
+            path = env[f"CLEANUP_WORKER__DATABASE__{key}"]
+            secret = "cleanup-worker-db-migrate" if container is migrate else "cleanup-worker-db"
+            mounted = _secret_mounts(pod, container)
+            assert mounted.get(str(Path(path).parent)) == secret, (name, container["name"])
+            other = ({"cleanup-worker-db", "cleanup-worker-db-migrate"} - {secret}).pop()
+            assert other not in mounted.values(), (name, container["name"])
+            assert "CLEANUP_WORKER_DSN" not in env, (name, container["name"])
+    dsn_file, migrate_file = tmp_path / "dsn", tmp_path / "migrate-dsn"
+    dsn_file.write_text("postgresql://cw_run:pw1@db.example/chat\n")
+    migrate_file.write_text("postgresql://cw_migrate:pw2@db.example/chat\n")
+    cfg = load_config(
+        CONFIG,
+        environ={
+            "CLEANUP_WORKER__DATABASE__DSN_FILE": str(dsn_file),
+            "CLEANUP_WORKER__DATABASE__MIGRATE_DSN_FILE": str(migrate_file),
+        },
+    )
+    assert cfg.database.dsn == "postgresql://cw_run:pw1@db.example/chat"
+    assert cfg.database.migrate_dsn == "postgresql://cw_migrate:pw2@db.example/chat"
