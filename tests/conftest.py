@@ -90,7 +90,8 @@ RoleDsn = Callable[..., str]
 @pytest.fixture(scope="session")
 def role_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> RoleDsn:
     """``role_dsn(db, role, password, "NOSUPERUSER ...")``: creates (or alters) a login role and
-    returns ``db``'s DSN as that role, through PgBouncer too when the suite runs through it."""
+    returns ``db``'s DSN as that role, through PgBouncer too when the suite runs through it
+    (PgBouncer keeps the SCRAM keys of a user it has seen: give a role one password only)."""
 
     def make(db: str, role: str, password: str, attributes: str = "") -> str:
         verb = "CREATE"

@@ -90,9 +90,10 @@ def test_every_command_registers_the_dsn_password(
     role_dsn: Callable[..., str],
 ) -> None:
     """After the command loaded its configuration, the password is masked wherever it shows up
-    (a fresh password each time: the registry is per process and never forgets)."""
+    (a fresh password each time: the registry is per process and never forgets; a fresh role
+    too: PgBouncer keeps the SCRAM keys of a user it has seen)."""
     password = f"pw-{uuid.uuid4().hex}"
-    dsn = role_dsn(db, "cw_registered", password, "SUPERUSER")
+    dsn = role_dsn(db, f"cw_registered_{password[3:11]}", password, "SUPERUSER")
     assert redact(f"said {password}") == f"said {password}"  # not known yet
 
     invoke(_args(config_file, command), base_env(dsn))
