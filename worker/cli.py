@@ -24,7 +24,12 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
-from worker.db.pool import connect, connection_kwargs, translate_errors
+from worker.db.pool import (
+    connect,
+    connection_kwargs,
+    missing_privilege_is_config,
+    translate_errors,
+)
 from worker.errors import (
     CleanupWorkerError,
     ConfigError,
@@ -141,10 +146,11 @@ def migrate(g: Globals, with_app_schema: bool) -> None:
     config = g.load()
     db = config.database
     key = "database.migrate_dsn" if db.migrate_dsn else "database.dsn"
+    hint = "migrate needs a role that may create tables: set database.migrate_dsn (docs/deploy.md)"
 
     async def go() -> None:
         async with await connect(db.migrate_dsn or db.dsn, key=key) as conn:
-            with translate_errors():
+            with translate_errors(), missing_privilege_is_config(key, hint):
                 report = await apply_migrations(
                     conn,
                     queues=[config.outbox.attachment_queue, config.outbox.chat_queue],

@@ -129,3 +129,11 @@ def test_dsn_file_problems_are_one_line_config_errors(tmp_path: Path, db: str) -
         tmp_path / "g.yaml", make_config(None, extra={"database.dsn_file": str(tmp_path / "good")})
     )
     assert invoke(["--config", str(good), "status"], base_env(None)).code == 0
+
+
+async def test_migrate_with_a_role_without_ddl_rights_is_one_line(
+    roles: tuple[str, str], config_file: Path
+) -> None:
+    _, runner = roles
+    result = await ainvoke(["--config", str(config_file), "migrate"], base_env(runner))
+    assert_one_line_error(result, "database.dsn", "permission denied", "migrate_dsn", code=2)

@@ -30,6 +30,16 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseUnavailable(f"database unavailable: {redact(_first_line(exc))}") from exc
 
 
+@contextmanager
+def missing_privilege_is_config(key: str, hint: str) -> Iterator[None]:
+    """The role of ``key``'s DSN lacks a privilege: a configuration error (exit 2) that names
+    the key and what to do (``hint``); no retry can grant it."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(f"{key}: {redact(_first_line(exc))}; {hint}") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
