@@ -96,7 +96,13 @@ def _extract_package(package: str, root: Path) -> None:
     CACHE.mkdir(mode=0o755, exist_ok=True)
     CACHE.chmod(0o755)  # the PgBouncer user (not us, as root) executes from here
     with tempfile.TemporaryDirectory(dir=CACHE) as download:
-        _tool(["apt-get", "download", "-q", package], cwd=download)
+        try:
+            _tool(["apt-get", "download", "-q", package], cwd=download)
+        except PgBouncerUnavailable:
+            if os.geteuid() != 0:
+                raise
+            _tool(["apt-get", "update", "-q"])  # a fresh image often has no package lists
+            _tool(["apt-get", "download", "-q", package], cwd=download)
         [deb] = Path(download).glob("*.deb")
         _tool(["dpkg-deb", "-x", str(deb), str(root)])
     for part in (root, *root.rglob("*")):

@@ -14,6 +14,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from cli.support import (
+    UNREACHABLE_DSN,
     DaemonProcess,
     ainvoke,
     assert_one_line_error,
@@ -137,3 +138,13 @@ async def test_migrate_with_a_role_without_ddl_rights_is_one_line(
     _, runner = roles
     result = await ainvoke(["--config", str(config_file), "migrate"], base_env(runner))
     assert_one_line_error(result, "database.dsn", "permission denied", "migrate_dsn", code=2)
+
+
+async def test_migrate_uses_migrate_dsn_and_the_rest_dsn(config_file: Path, empty_db: str) -> None:
+    """database.migrate_dsn (here from its env override) is migrate's alone."""
+    env = base_env(UNREACHABLE_DSN, CLEANUP_WORKER__DATABASE__MIGRATE_DSN=empty_db)
+
+    migrated = await ainvoke(["--config", str(config_file), "migrate"], env)
+    assert migrated.code == 0, migrated
+    status = await ainvoke(["--config", str(config_file), "status"], env)
+    assert status.code == 3, status  # the worker's DSN: unreachable
