@@ -67,9 +67,7 @@ def via_pgbouncer() -> bool:
 
 def locate() -> tuple[Path, dict[str, str]]:
     """The pgbouncer executable and the environment it needs (LD_LIBRARY_PATH for a copy)."""
-    found = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None
-    )
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if found:
         return Path(found), {}
     root = CACHE / "root"
