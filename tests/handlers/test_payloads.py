@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -137,7 +138,7 @@ def test_chat_deleted_at_may_be_missing_or_odd() -> None:
 async def test_bad_attachment_messages_dead_letter_with_the_reason(stack: Stack) -> None:
     """One batch of bad messages plus a good one (the original's integer-array deleted_at)."""
     chat = await stack.chat()
-    att = await stack.attachment(chat)
+    att = await stack.attachment(chat, deleted_at=datetime.now(UTC))  # the row agrees, deleted
     good = attachment_event(
         tenant_id=str(chat.tenant_id), chat_id=str(chat.id), attachment_id=str(att.id),
         provider_file_id=att.provider_file_id, deleted_at=TIME_ARRAY,
