@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from factories import (
     Attachment,
     create_attachment,
@@ -17,7 +18,6 @@ from factories import (
     fetch_attachment,
     fetch_vector_store,
 )
-import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from factories import Attachment, create_attachment
 
-from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of
-from worker.models import Ok
+from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of, retry_of
+from worker.models import Ok, RetryReason
 
 ROW_STATE = ("cleanup_status", "cleanup_attempts", "last_cleanup_error", "cleanup_updated_at")
 
@@ -96,7 +96,10 @@ async def test_message_with_another_tenant_is_dead_lettered(stack: Stack) -> Non
     await stack.enqueue_raw(AQ, event_for(att, tenant_id=str(TENANT_OA)))
 
     await assert_dead_lettered_untouched(
-        stack, att, before, reason=f"tenant_id {TENANT_OA} disagrees with its row ({chat.tenant_id})"
+        stack,
+        att,
+        before,
+        reason=f"tenant_id {TENANT_OA} disagrees with its row ({chat.tenant_id})",
     )
 
 
@@ -200,6 +203,11 @@ async def test_attachment_path_keeps_a_file_a_live_attachment_references(stack: 
     assert "file kept: referenced by a live attachment" in row["last_cleanup_error"]
     assert stack.metric("cleanup_completed_total", resource_type="file") == 0
 
+    await stack.enqueue_raw(AQ, event_for(att))  # the same message again: settled, no call
+    assert only(await stack.deliver(AQ)) == Ok()
+    assert await stack.att(att) == row
+    assert stack.fake.requests() == []
+
 
 async def test_purged_row_keeps_a_file_a_live_attachment_references(stack: Stack) -> None:
     """No row (chat purged): the message is the only record, but a live reference wins."""
@@ -284,11 +292,13 @@ async def test_attachment_restored_while_being_taken_is_not_deleted(stack: Stack
         await restorer.commit()
         outcome = only(await delivery)
 
-    assert not isinstance(outcome, Ok), outcome
+    assert retry_of(outcome).reason is RetryReason.CONFLICT  # nothing taken: read it again
+    row = await stack.att(att)
+    assert row["cleanup_status"] is None
+    assert row["deleted_at"] is None
+    assert "names a live attachment" in reject_of(only(await stack.deliver_retries())).reason
     assert stack.fake.requests() == []
     assert att.provider_file_id in stack.fake.files
-    row = await stack.att(att)
-    assert row["cleanup_status"] is None and row["deleted_at"] is None
 
 
 async def _until_blocked_by(stack: Stack, blocker_pid: int) -> None:
