@@ -54,7 +54,7 @@ CREATE INDEX IF NOT EXISTS idx_attachments_tenant_chat
 CREATE INDEX IF NOT EXISTS idx_attachments_cleanup
     ON attachments (cleanup_status) WHERE cleanup_status IS NOT NULL AND deleted_at IS NULL;
 -- Not in the original: the backlog gauges count cleanup debt every few seconds. On an existing
--- database create it with CREATE INDEX CONCURRENTLY (see docs/operations.md).
+-- database create it with CREATE INDEX CONCURRENTLY (see docs/deploy.md, "Indexes").
 CREATE INDEX IF NOT EXISTS idx_attachments_cleanup_debt
     ON attachments (cleanup_status) WHERE cleanup_status IN ('pending', 'failed');
 -- Not in the original: the chat path looks up a chat's pending attachments, deleted or not.
@@ -63,7 +63,7 @@ CREATE INDEX IF NOT EXISTS idx_attachments_chat_cleanup
 -- Not in the original: before deleting a provider file, cleanup asks whether a live attachment
 -- still references it (SPEC §13), once per file. Only rows not soft-deleted can be live, so the
 -- index holds just those. On an existing database create it with CREATE INDEX CONCURRENTLY
--- (see docs/operations.md): without it each check scans the attachments table.
+-- (see docs/deploy.md, "Indexes"): without it each check scans the attachments table.
 CREATE INDEX IF NOT EXISTS idx_attachments_live_provider_file
     ON attachments (provider_file_id) WHERE deleted_at IS NULL AND provider_file_id IS NOT NULL;
 
