@@ -10,17 +10,19 @@ SELECT EXISTS (
 
 -- name: take_attachment
 -- The attachment path's one read-and-take (SPEC §13: the row is the truth). Always one row:
--- the attachment row as stored (all NULL when it no longer exists) and
+-- the attachment row (all NULL when it no longer exists), as the take left it when taken, and
 --   taken: the row passed every check below under its row lock and is now in cleanup
 --          (NULL -> pending; a pending or failed row stays as it is). The checks: it agrees
 --          with the message on tenant, chat, backend and file id, it is not live (soft-deleted,
 --          or its chat is), and it is not done. One UPDATE is the compare-and-set: PostgreSQL
 --          re-evaluates the WHERE on the row's newest version once it holds the row lock, so a
 --          restore committed before the take is seen and nothing is taken.
---   chat_deleted: the row's chat (the message's chat when the row is gone) is soft-deleted.
+--   chat_deleted: the message's chat is soft-deleted.
 --   file_in_live_use: another live attachment (not soft-deleted, chat not deleted) references
---          the row's file id (the message's when the row is gone): that file must stay.
---          Index-backed by idx_attachments_live_provider_file (sql/app).
+--          the message's file id: that file must stay. Index-backed by
+--          idx_attachments_live_provider_file (sql/app).
+-- Both flags read the message's ids, not the row's: they are used only when the row was taken
+-- (then both agree) or is gone, and as uncorrelated subqueries each runs once, on the index.
 WITH taken AS (
     UPDATE attachments a
     SET cleanup_status = coalesce(a.cleanup_status, 'pending'),
@@ -34,29 +36,30 @@ WITH taken AS (
       AND a.tenant_id = %(tenant_id)s AND a.chat_id = %(chat_id)s
       AND a.storage_backend = %(storage_backend)s
       AND a.provider_file_id IS NOT DISTINCT FROM %(provider_file_id)s
-    RETURNING a.cleanup_status
+    RETURNING a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
+              a.deleted_at IS NOT NULL AS deleted, true AS taken
 ),
-stored AS (
+found AS (
+    SELECT * FROM taken
+    UNION ALL
     SELECT a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
-           a.deleted_at IS NOT NULL AS deleted
-    FROM attachments a WHERE a.id = %(attachment_id)s
+           a.deleted_at IS NOT NULL, false
+    FROM attachments a
+    WHERE a.id = %(attachment_id)s AND NOT EXISTS (SELECT 1 FROM taken)
 )
 SELECT
-    s.tenant_id, s.chat_id, s.storage_backend, s.provider_file_id,
-    coalesce((SELECT cleanup_status FROM taken), s.cleanup_status) AS cleanup_status,
-    s.deleted,
-    EXISTS (SELECT 1 FROM taken) AS taken,
+    f.tenant_id, f.chat_id, f.storage_backend, f.provider_file_id, f.cleanup_status, f.deleted,
+    coalesce(f.taken, false) AS taken,
     EXISTS (
-        SELECT 1 FROM chats
-        WHERE id = coalesce(s.chat_id, %(chat_id)s) AND deleted_at IS NOT NULL
+        SELECT 1 FROM chats WHERE id = %(chat_id)s AND deleted_at IS NOT NULL
     ) AS chat_deleted,
     EXISTS (
         SELECT 1 FROM attachments o JOIN chats oc ON oc.id = o.chat_id
-        WHERE o.provider_file_id = coalesce(s.provider_file_id, %(provider_file_id)s)
+        WHERE o.provider_file_id = %(provider_file_id)s
           AND o.deleted_at IS NULL AND oc.deleted_at IS NULL
           AND o.id <> %(attachment_id)s
     ) AS file_in_live_use
-FROM (SELECT 1) AS one LEFT JOIN stored s ON true;
+FROM (SELECT 1) AS one LEFT JOIN found f ON true;
 
 -- name: adopt_chat_attachments
 -- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
@@ -92,14 +95,19 @@ RETURNING cleanup_status;
 -- Attachments of a chat still waiting for cleanup, deleted individually or not, each with
 -- whether it is live (not soft-deleted and its chat not deleted: the chat was restored) and
 -- whether another live attachment references its file (index-backed, as in take_attachment).
+-- A LATERAL ... LIMIT 1 probe per row, not EXISTS: the planner may not turn it into a hash of
+-- every live attachment's file id.
 SELECT a.id, a.tenant_id, a.storage_backend, a.provider_file_id,
        a.deleted_at IS NULL AND c.deleted_at IS NULL AS live,
-       EXISTS (
-           SELECT 1 FROM attachments o JOIN chats oc ON oc.id = o.chat_id
-           WHERE o.provider_file_id = a.provider_file_id
-             AND o.deleted_at IS NULL AND oc.deleted_at IS NULL AND o.id <> a.id
-       ) AS file_in_live_use
-FROM attachments a JOIN chats c ON c.id = a.chat_id
+       used.one IS NOT NULL AS file_in_live_use
+FROM attachments a
+JOIN chats c ON c.id = a.chat_id
+LEFT JOIN LATERAL (
+    SELECT 1 AS one FROM attachments o JOIN chats oc ON oc.id = o.chat_id
+    WHERE o.provider_file_id = a.provider_file_id
+      AND o.deleted_at IS NULL AND oc.deleted_at IS NULL AND o.id <> a.id
+    LIMIT 1
+) used ON true
 WHERE a.chat_id = %(chat_id)s AND a.cleanup_status = 'pending'
 ORDER BY a.id;
 

@@ -204,7 +204,7 @@ async def test_take_attachment(pool: AsyncConnectionPool, conn: Conn) -> None:
 
 
 async def test_take_attachment_reads_the_chat_state(pool: AsyncConnectionPool, conn: Conn) -> None:
-    """``chat_deleted``: the row's chat, or the message's when the attachment is gone."""
+    """``chat_deleted``: the message's chat (the row's whenever the row is taken)."""
     repo = CleanupRepository(pool)
     active = await create_chat(conn)
     deleted = await create_chat(conn, deleted_at=NOW)

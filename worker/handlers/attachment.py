@@ -56,17 +56,11 @@ class AttachmentCleanupHandler:
         taken = await self._ctx.repo.take_attachment(event)
         if taken.row is None:
             return await self._clean_purged(event, taken)
-        refusal = _refusal(event, taken.row, chat_deleted=taken.chat_deleted)
-        if refusal is not None:
-            log.warning("attachment_message_refused", reason=refusal)
-            return Reject(refusal)
-        if taken.status == "done" or taken.chat_deleted:
-            return Ok()  # finished, or ownership passed to the chat path, which adopts this row
         if not taken.taken:
-            # The row changed between this statement's read and its row lock (restored, or
-            # finished by the chat path): nothing was taken; the next delivery reads it afresh.
-            return Retry(RetryReason.CONFLICT, "attachment row changed while being taken", 0.0)
-        row = taken.row
+            return self._not_taken(event, taken.row, taken)
+        if taken.chat_deleted:
+            return Ok()  # ownership passed to the chat path, which adopts this row
+        row = taken.row  # as taken: it agrees with the message and is not live
         if taken.file_in_live_use and row.provider_file_id is not None:
             await keep_file(self._ctx, event.attachment_id, row.provider_file_id)
             return Ok()
@@ -78,6 +72,20 @@ class AttachmentCleanupHandler:
             file_id=row.provider_file_id,
         )
         return self._outcome(result, row_exists=True)
+
+    def _not_taken(
+        self, event: AttachmentDeleted, row: StoredAttachment, taken: TakenAttachment
+    ) -> Outcome:
+        """The row refused the take: say why, without touching it."""
+        refusal = _refusal(event, row, chat_deleted=taken.chat_deleted)
+        if refusal is not None:
+            log.warning("attachment_message_refused", reason=refusal)
+            return Reject(refusal)
+        if taken.status == "done":
+            return Ok()  # a redelivery: already finished
+        # The row changed between this statement's read and its row lock (restored, or
+        # finished by the chat path): nothing was taken; the next delivery reads it afresh.
+        return Retry(RetryReason.CONFLICT, "attachment row changed while being taken", 0.0)
 
     async def _clean_purged(self, event: AttachmentDeleted, taken: TakenAttachment) -> Outcome:
         """No row (chat purged): the message is the only record of the file, unless a live

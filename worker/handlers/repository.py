@@ -39,7 +39,8 @@ class TakenAttachment:
     row: StoredAttachment | None  # None: the attachment no longer exists (chat purged)
     status: str | None  # cleanup_status after the take
     taken: bool  # passed every check under the row lock and is in cleanup now
-    chat_deleted: bool  # the row's chat, or the message's when the row is gone
+    # Both read the message's ids: equal to the row's whenever the row was taken.
+    chat_deleted: bool  # the chat is soft-deleted
     file_in_live_use: bool  # another live attachment references the file
 
 
