@@ -5,6 +5,12 @@ pending — its vector store, then hard-deletes the vector-store row: the durabl
 chat is fully cleaned. Differs from the seed on purpose (SPEC §5): attachments deleted one by
 one before the chat whose cleanup never started are adopted and cleaned too. A file that a live
 attachment elsewhere references is kept (SPEC §13), and a chat restored mid-cleanup stops it.
+
+Race safety: liveness and live references are read with the pending list, one statement before
+the deletes. A chat restored before that statement deletes nothing (the message is
+dead-lettered, the files kept); one restored after it cannot be stopped by the worker short of
+holding row locks across provider calls: the chat service must not restore a chat whose cleanup
+has begun (the upstream never restores a chat).
 """
 
 from __future__ import annotations
