@@ -19,8 +19,6 @@ from factories import Attachment, create_attachment
 from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of, retry_of
 from worker.models import Ok, RetryReason
 
-ROW_STATE = ("cleanup_status", "cleanup_attempts", "last_cleanup_error", "cleanup_updated_at")
-
 
 def event_for(att: Attachment, **changes: Any) -> dict[str, Any]:
     """The ``attachment_deleted`` event the producer writes for ``att``, with ``changes``."""
@@ -43,13 +41,13 @@ async def soft_delete(stack: Stack, att: Attachment) -> None:
     await stack.conn.execute("UPDATE attachments SET deleted_at = now() WHERE id = %s", (att.id,))
 
 
-async def row_state(stack: Stack, att: Attachment) -> tuple[Any, ...]:
-    row = await stack.att(att)
-    return tuple(row[k] for k in ROW_STATE)
+async def row_state(stack: Stack, att: Attachment) -> dict[str, Any]:
+    """The whole row: "no row change" means no column, not only the cleanup state."""
+    return await stack.att(att)
 
 
 async def assert_dead_lettered_untouched(
-    stack: Stack, att: Attachment, before: tuple[Any, ...], *, reason: str
+    stack: Stack, att: Attachment, before: dict[str, Any], *, reason: str
 ) -> None:
     outcome = reject_of(only(await stack.deliver(AQ)))
     assert reason in outcome.reason, outcome.reason
