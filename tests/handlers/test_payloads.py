@@ -81,6 +81,12 @@ BAD_ATTACHMENT = [
      "event_type"),
     ("attachment-kind-int", encode(attachment_event(attachment_kind=3)), JSON,
      "attachment_kind: expected a string"),
+    # Valid JSON, but no PostgreSQL text can hold it: no row can carry it (the row checks
+    # would fail in the database).
+    ("file-id-nul", encode(attachment_event(provider_file_id="file-\u0000x")), JSON,
+     "provider_file_id: contains a NUL character"),
+    ("storage-backend-nul", encode(attachment_event(storage_backend="open\u0000ai")), JSON,
+     "storage_backend: contains a NUL character"),
     ("not-json", b"event_type=attachment_deleted", JSON, "not valid JSON"),
     ("json-array", b"[1, 2]", JSON, "expected a JSON object"),
     ("not-utf8", b"\xff\xfe{}", JSON, "UTF-8"),
