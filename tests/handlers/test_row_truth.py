@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from factories import Attachment, create_attachment
+from structlog.testing import capture_logs
 
 from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of, retry_of
 from worker.models import Ok, RetryReason
@@ -214,12 +215,17 @@ async def test_purged_row_keeps_a_file_a_live_attachment_references(stack: Stack
     purged = event_for(live, attachment_id=str(uuid.uuid4()), chat_id=str(uuid.uuid4()))
     await stack.enqueue_raw(AQ, purged)
 
-    assert only(await stack.deliver(AQ)) == Ok()
+    with capture_logs() as logs:
+        assert only(await stack.deliver(AQ)) == Ok()
 
     assert stack.fake.requests() == []
     assert live.provider_file_id in stack.fake.files
     assert await stack.dead_letters() == []
     assert await stack.retry_rows() == []
+    (kept,) = [e for e in logs if e["event"] == "file_kept"]  # settled, and the log says why
+    assert kept["log_level"] == "warning"
+    assert kept["provider_file_id"] == live.provider_file_id
+    assert kept["reason"] == "file kept: referenced by a live attachment"
 
 
 async def test_purged_row_still_deletes_an_unreferenced_file(stack: Stack) -> None:

@@ -104,7 +104,9 @@ async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> D
     counted as a completed delete; the note on the row and the log line say what happened.
     """
     await ctx.repo.mark_done(attachment_id, note=FILE_KEPT)
-    log.warning("file_kept", attachment_id=str(attachment_id), provider_file_id=file_id)
+    log.warning(
+        "file_kept", attachment_id=str(attachment_id), provider_file_id=file_id, reason=FILE_KEPT
+    )
     return Done()
 
 
