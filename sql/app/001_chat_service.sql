@@ -54,12 +54,18 @@ CREATE INDEX IF NOT EXISTS idx_attachments_tenant_chat
 CREATE INDEX IF NOT EXISTS idx_attachments_cleanup
     ON attachments (cleanup_status) WHERE cleanup_status IS NOT NULL AND deleted_at IS NULL;
 -- Not in the original: the backlog gauges count cleanup debt every few seconds. On an existing
--- database create it with CREATE INDEX CONCURRENTLY (see docs/operations.md).
+-- database create it with CREATE INDEX CONCURRENTLY (see docs/deploy.md, "Indexes").
 CREATE INDEX IF NOT EXISTS idx_attachments_cleanup_debt
     ON attachments (cleanup_status) WHERE cleanup_status IN ('pending', 'failed');
 -- Not in the original: the chat path looks up a chat's pending attachments, deleted or not.
 CREATE INDEX IF NOT EXISTS idx_attachments_chat_cleanup
     ON attachments (chat_id, cleanup_status) WHERE cleanup_status IS NOT NULL;
+-- Not in the original: before deleting a provider file, cleanup asks whether a live attachment
+-- still references it (SPEC §13), once per file. Only rows not soft-deleted can be live, so the
+-- index holds just those. On an existing database create it with CREATE INDEX CONCURRENTLY
+-- (see docs/deploy.md, "Indexes"): without it each check scans the attachments table.
+CREATE INDEX IF NOT EXISTS idx_attachments_live_provider_file
+    ON attachments (provider_file_id) WHERE deleted_at IS NULL AND provider_file_id IS NOT NULL;
 
 -- The original has composite FKs to messages(id, chat_id); the worker only needs the links.
 CREATE TABLE IF NOT EXISTS message_attachments (

@@ -9,23 +9,57 @@ SELECT EXISTS (
 ) AS deleted;
 
 -- name: take_attachment
--- Take a deleted attachment into cleanup (NULL -> pending; the original never did on this path)
--- and read whether its chat is soft-deleted, in one round trip. Always one row: cleanup_status
--- is NULL when the attachment no longer exists; chat_deleted as in chat_is_deleted.
-WITH marked AS (
-    UPDATE attachments
-    SET cleanup_status = 'pending', cleanup_updated_at = now()
-    WHERE id = %(attachment_id)s AND cleanup_status IS NULL
-    RETURNING cleanup_status
+-- The attachment path's one read-and-take (SPEC §13: the row is the truth). Always one row:
+-- the attachment row (all NULL when it no longer exists), as the take left it when taken, and
+--   taken: the row passed every check below under its row lock and is now in cleanup
+--          (NULL -> pending; a pending or failed row stays as it is). The checks: it agrees
+--          with the message on tenant, chat, backend and file id, it is not live (soft-deleted,
+--          or its chat is), and it is not done. One UPDATE is the compare-and-set: PostgreSQL
+--          re-evaluates the WHERE on the row's newest version once it holds the row lock, so a
+--          restore committed before the take is seen and nothing is taken.
+--   chat_deleted: the message's chat is soft-deleted.
+--   file_in_live_use: another live attachment (not soft-deleted, chat not deleted) references
+--          the message's file id: that file must stay. Index-backed by
+--          idx_attachments_live_provider_file (sql/app).
+-- Both flags read the message's ids, not the row's: they are used only when the row was taken
+-- (then both agree) or is gone, and as uncorrelated subqueries each runs once, on the index.
+WITH taken AS (
+    UPDATE attachments a
+    SET cleanup_status = coalesce(a.cleanup_status, 'pending'),
+        cleanup_updated_at = CASE
+            WHEN a.cleanup_status IS NULL THEN now() ELSE a.cleanup_updated_at
+        END
+    FROM chats c
+    WHERE a.id = %(attachment_id)s AND c.id = a.chat_id
+      AND a.cleanup_status IS DISTINCT FROM 'done'
+      AND (a.deleted_at IS NOT NULL OR c.deleted_at IS NOT NULL)
+      AND a.tenant_id = %(tenant_id)s AND a.chat_id = %(chat_id)s
+      AND a.storage_backend = %(storage_backend)s
+      AND a.provider_file_id IS NOT DISTINCT FROM %(provider_file_id)s
+    RETURNING a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
+              a.deleted_at IS NOT NULL AS deleted, true AS taken
+),
+found AS (
+    SELECT * FROM taken
+    UNION ALL
+    SELECT a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
+           a.deleted_at IS NOT NULL, false
+    FROM attachments a
+    WHERE a.id = %(attachment_id)s AND NOT EXISTS (SELECT 1 FROM taken)
 )
 SELECT
-    coalesce(
-        (SELECT cleanup_status FROM marked),
-        (SELECT cleanup_status FROM attachments WHERE id = %(attachment_id)s)
-    ) AS cleanup_status,
+    f.tenant_id, f.chat_id, f.storage_backend, f.provider_file_id, f.cleanup_status, f.deleted,
+    coalesce(f.taken, false) AS taken,
     EXISTS (
         SELECT 1 FROM chats WHERE id = %(chat_id)s AND deleted_at IS NOT NULL
-    ) AS chat_deleted;
+    ) AS chat_deleted,
+    EXISTS (
+        SELECT 1 FROM attachments o JOIN chats oc ON oc.id = o.chat_id
+        WHERE o.provider_file_id = %(provider_file_id)s
+          AND o.deleted_at IS NULL AND oc.deleted_at IS NULL
+          AND o.id <> %(attachment_id)s
+    ) AS file_in_live_use
+FROM (SELECT 1) AS one LEFT JOIN found f ON true;
 
 -- name: adopt_chat_attachments
 -- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
@@ -36,9 +70,11 @@ WHERE chat_id = %(chat_id)s AND cleanup_status IS NULL;
 
 -- name: mark_cleanup_done
 -- pending -> done; also failed -> done, because a delete the provider confirmed is the truth
--- (a replayed dead letter). 0 rows when already done or missing.
+-- (a replayed dead letter). 0 rows when already done or missing. A note (why the file was
+-- kept, not deleted) replaces last_cleanup_error; without one the history stays.
 UPDATE attachments
-SET cleanup_status = 'done', cleanup_updated_at = now()
+SET cleanup_status = 'done', cleanup_updated_at = now(),
+    last_cleanup_error = coalesce(%(note)s, last_cleanup_error)
 WHERE id = %(attachment_id)s AND cleanup_status IN ('pending', 'failed');
 
 -- name: record_cleanup_attempt
@@ -56,11 +92,24 @@ WHERE id = %(attachment_id)s AND cleanup_status = 'pending'
 RETURNING cleanup_status;
 
 -- name: pending_attachments_of_chat
--- Attachments of a chat still waiting for cleanup, deleted individually or not.
-SELECT id, tenant_id, storage_backend, provider_file_id
-FROM attachments
-WHERE chat_id = %(chat_id)s AND cleanup_status = 'pending'
-ORDER BY id;
+-- Attachments of a chat still waiting for cleanup, deleted individually or not, each with
+-- whether it is live (not soft-deleted and its chat not deleted: the chat was restored) and
+-- whether another live attachment references its file (index-backed, as in take_attachment).
+-- A LATERAL ... LIMIT 1 probe per row, not EXISTS: the planner may not turn it into a hash of
+-- every live attachment's file id.
+SELECT a.id, a.tenant_id, a.storage_backend, a.provider_file_id,
+       a.deleted_at IS NULL AND c.deleted_at IS NULL AS live,
+       used.one IS NOT NULL AS file_in_live_use
+FROM attachments a
+JOIN chats c ON c.id = a.chat_id
+LEFT JOIN LATERAL (
+    SELECT 1 AS one FROM attachments o JOIN chats oc ON oc.id = o.chat_id
+    WHERE o.provider_file_id = a.provider_file_id
+      AND o.deleted_at IS NULL AND oc.deleted_at IS NULL AND o.id <> a.id
+    LIMIT 1
+) used ON true
+WHERE a.chat_id = %(chat_id)s AND a.cleanup_status = 'pending'
+ORDER BY a.id;
 
 -- name: unfinished_attachments_of_chat
 -- Attachments of a chat still pending (its vector store must wait) and terminally failed

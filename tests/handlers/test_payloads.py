@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -80,6 +81,12 @@ BAD_ATTACHMENT = [
      "event_type"),
     ("attachment-kind-int", encode(attachment_event(attachment_kind=3)), JSON,
      "attachment_kind: expected a string"),
+    # Valid JSON, but no PostgreSQL text can hold it: no row can carry it (the row checks
+    # would fail in the database).
+    ("file-id-nul", encode(attachment_event(provider_file_id="file-\u0000x")), JSON,
+     "provider_file_id: contains a NUL character"),
+    ("storage-backend-nul", encode(attachment_event(storage_backend="open\u0000ai")), JSON,
+     "storage_backend: contains a NUL character"),
     ("not-json", b"event_type=attachment_deleted", JSON, "not valid JSON"),
     ("json-array", b"[1, 2]", JSON, "expected a JSON object"),
     ("not-utf8", b"\xff\xfe{}", JSON, "UTF-8"),
@@ -137,7 +144,7 @@ def test_chat_deleted_at_may_be_missing_or_odd() -> None:
 async def test_bad_attachment_messages_dead_letter_with_the_reason(stack: Stack) -> None:
     """One batch of bad messages plus a good one (the original's integer-array deleted_at)."""
     chat = await stack.chat()
-    att = await stack.attachment(chat)
+    att = await stack.attachment(chat, deleted_at=datetime.now(UTC))  # the row agrees, deleted
     good = attachment_event(
         tenant_id=str(chat.tenant_id), chat_id=str(chat.id), attachment_id=str(att.id),
         provider_file_id=att.provider_file_id, deleted_at=TIME_ARRAY,

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from factories import (
+    Attachment,
     create_attachment,
     create_chat,
     create_vector_store,
@@ -18,9 +21,12 @@ from factories import (
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn
+from worker.db.queries import q
+from worker.handlers.payloads import AttachmentDeleted
 from worker.handlers.repository import (
     CleanupRepository,
     PendingAttachment,
+    StoredAttachment,
     TakenAttachment,
     UnfinishedAttachments,
 )
@@ -52,8 +58,8 @@ async def test_pending_attachments_returns_only_pending(
     found = await CleanupRepository(pool).pending_attachments(chat.id)
 
     expected = [
-        PendingAttachment(live.id, chat.tenant_id, "openai", live.provider_file_id),
-        PendingAttachment(deleted_one_by_one.id, chat.tenant_id, "azure", None),
+        PendingAttachment(live.id, chat.tenant_id, "openai", live.provider_file_id, False, False),
+        PendingAttachment(deleted_one_by_one.id, chat.tenant_id, "azure", None, False, False),
     ]
     assert found == sorted(expected, key=lambda a: a.id)
 
@@ -153,34 +159,130 @@ async def test_mark_pending_skips_already_set(pool: AsyncConnectionPool, conn: C
     assert await _status(conn, failed.id) == ("failed", 5, None)
 
 
+def event_for(att: Attachment, **changes: Any) -> AttachmentDeleted:
+    """The event the producer writes for ``att`` (with ``changes``)."""
+    fields = {
+        "tenant_id": att.tenant_id,
+        "chat_id": att.chat_id,
+        "attachment_id": att.id,
+        "provider_file_id": att.provider_file_id,
+        "storage_backend": att.storage_backend,
+        "attachment_kind": att.attachment_kind,
+    }
+    return AttachmentDeleted(**{**fields, **changes})
+
+
+def stored(att: Attachment, *, deleted: bool = True) -> StoredAttachment:
+    return StoredAttachment(
+        att.tenant_id, att.chat_id, att.storage_backend, att.provider_file_id, deleted
+    )
+
+
 async def test_take_attachment(pool: AsyncConnectionPool, conn: Conn) -> None:
     repo = CleanupRepository(pool)
     chat = await create_chat(conn)
     fresh = await create_attachment(conn, chat.id, chat.tenant_id, deleted_at=NOW)
-    done = await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="done")
-    failed = await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="failed")
+    done = await create_attachment(
+        conn, chat.id, chat.tenant_id, cleanup_status="done", deleted_at=NOW
+    )
+    failed = await create_attachment(
+        conn, chat.id, chat.tenant_id, cleanup_status="failed", deleted_at=NOW
+    )
 
-    assert await repo.take_attachment(fresh.id, chat.id) == TakenAttachment("pending", False)
+    taken = TakenAttachment(stored(fresh), "pending", True, False, False)
+    assert await repo.take_attachment(event_for(fresh)) == taken
     assert await _status(conn, fresh.id) == ("pending", 0, None)
-    assert await repo.take_attachment(fresh.id, chat.id) == TakenAttachment("pending", False)
-    assert await repo.take_attachment(done.id, chat.id) == TakenAttachment("done", False)
-    assert await repo.take_attachment(failed.id, chat.id) == TakenAttachment("failed", False)
-    assert await repo.take_attachment(uuid.uuid4(), chat.id) == TakenAttachment(None, False)
+    assert await repo.take_attachment(event_for(fresh)) == taken  # still taken, unchanged
+    assert await repo.take_attachment(event_for(done)) == TakenAttachment(
+        stored(done), "done", False, False, False
+    )
+    assert await repo.take_attachment(event_for(failed)) == TakenAttachment(
+        stored(failed), "failed", True, False, False
+    )
+    missing = event_for(fresh, attachment_id=uuid.uuid4(), provider_file_id="file-nobody")
+    assert await repo.take_attachment(missing) == TakenAttachment(None, None, False, False, False)
 
 
 async def test_take_attachment_reads_the_chat_state(pool: AsyncConnectionPool, conn: Conn) -> None:
-    """``chat_deleted`` answers as ``chat_is_deleted`` does, even when the attachment is gone."""
+    """``chat_deleted``: the message's chat (the row's whenever the row is taken)."""
     repo = CleanupRepository(pool)
     active = await create_chat(conn)
     deleted = await create_chat(conn, deleted_at=NOW)
-    att = await create_attachment(conn, deleted.id, deleted.tenant_id, deleted_at=NOW)
+    att = await create_attachment(conn, deleted.id, deleted.tenant_id)  # live until the chat went
 
-    assert await repo.take_attachment(att.id, deleted.id) == TakenAttachment("pending", True)
+    taken = await repo.take_attachment(event_for(att))
+    assert taken == TakenAttachment(stored(att, deleted=False), "pending", True, True, False)
     assert await _status(conn, att.id) == ("pending", 0, None)  # taken even so, as before
-    assert await repo.take_attachment(uuid.uuid4(), deleted.id) == TakenAttachment(None, True)
-    assert await repo.take_attachment(uuid.uuid4(), active.id) == TakenAttachment(None, False)
-    missing_chat = await repo.take_attachment(uuid.uuid4(), uuid.uuid4())
-    assert missing_chat == TakenAttachment(None, False)  # missing is not "deleted"
+    for chat_id, chat_deleted in ((deleted.id, True), (active.id, False), (uuid.uuid4(), False)):
+        gone = event_for(att, attachment_id=uuid.uuid4(), chat_id=chat_id)
+        assert (await repo.take_attachment(gone)).chat_deleted is chat_deleted
+
+
+async def test_take_attachment_refuses_a_live_or_disagreeing_row(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Not taken, and not changed: the handler dead-letters these messages."""
+    repo = CleanupRepository(pool)
+    chat = await create_chat(conn)
+    live = await create_attachment(conn, chat.id, chat.tenant_id)
+    gone = await create_attachment(conn, chat.id, chat.tenant_id, deleted_at=NOW)
+    restored = await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="pending")
+    refused = [
+        (live, event_for(live)),
+        (restored, event_for(restored)),
+        (gone, event_for(gone, tenant_id=uuid.uuid4())),
+        (gone, event_for(gone, chat_id=uuid.uuid4())),
+        (gone, event_for(gone, storage_backend="azure")),
+        (gone, event_for(gone, provider_file_id="file-other")),
+        (gone, event_for(gone, provider_file_id=None)),
+    ]
+    for att, event in refused:
+        before = await fetch_attachment(conn, att.id)
+        taken = await repo.take_attachment(event)
+        assert not taken.taken, event
+        assert taken.row == stored(att, deleted=att is gone)
+        assert await fetch_attachment(conn, att.id) == before
+
+
+async def test_take_attachment_sees_live_references_to_the_file(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Only a live reference counts: not a soft-deleted one, not one in a deleted chat."""
+    repo = CleanupRepository(pool)
+    chat = await create_chat(conn)
+    other_chat = await create_chat(conn, chat.tenant_id)
+    deleted_chat = await create_chat(conn, chat.tenant_id, deleted_at=NOW)
+    att = await create_attachment(conn, chat.id, chat.tenant_id, deleted_at=NOW)
+    file_id = att.provider_file_id
+    await create_attachment(conn, other_chat.id, chat.tenant_id, file_id, deleted_at=NOW)
+    await create_attachment(conn, deleted_chat.id, chat.tenant_id, file_id)
+    purged = event_for(att, attachment_id=uuid.uuid4(), chat_id=uuid.uuid4())
+
+    assert not (await repo.take_attachment(event_for(att))).file_in_live_use
+    assert not (await repo.take_attachment(purged)).file_in_live_use
+
+    await create_attachment(conn, other_chat.id, chat.tenant_id, file_id)
+
+    assert (await repo.take_attachment(event_for(att))).file_in_live_use
+    assert (await repo.take_attachment(purged)).file_in_live_use
+    assert (await repo.pending_attachments(chat.id))[0].file_in_live_use
+
+
+@pytest.mark.parametrize("query", ["take_attachment", "pending_attachments_of_chat"])
+async def test_live_reference_check_uses_the_partial_index(conn: Conn, query: str) -> None:
+    """Index-backed, not a scan of every attachment: the plan of the real query names the index
+    (seqscan off, because a near-empty test table is scanned whatever indexes exist)."""
+    await conn.execute("SET enable_seqscan = off")
+    params = {
+        "attachment_id": uuid.uuid4(),
+        "tenant_id": uuid.uuid4(),
+        "chat_id": uuid.uuid4(),
+        "storage_backend": "openai",
+        "provider_file_id": "file-x",
+    }
+    cur = await conn.execute(b"EXPLAIN " + q(query), params)
+    plan = "\n".join(row[0] for row in await cur.fetchall())
+    assert "idx_attachments_live_provider_file" in plan, plan
 
 
 async def test_chat_is_deleted(pool: AsyncConnectionPool, conn: Conn) -> None:

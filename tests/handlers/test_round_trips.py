@@ -26,7 +26,7 @@ from worker.handlers.attachment import AttachmentCleanupHandler
 from worker.handlers.chat import ChatCleanupHandler
 from worker.handlers.files import CleanupContext
 from worker.handlers.repository import CleanupRepository
-from worker.models import Message, Ok, Retry, RetryReason
+from worker.models import Message, Ok, Reject, Retry, RetryReason
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult
 
@@ -34,27 +34,36 @@ NOW = datetime.now(UTC)
 NAMES = {query.text.encode(): name for name, query in queries().items()}
 
 
+Hook = Callable[[], Awaitable[None]]
+
+
 @dataclass
 class _RecordingConnection:
     conn: Conn
     statements: list[str]
+    after: dict[str, Hook]
 
     async def execute(self, query: bytes, params: dict[str, Any]) -> AsyncCursor[Any]:
-        self.statements.append(NAMES[query])
-        return await self.conn.execute(query, params)
+        name = NAMES[query]
+        self.statements.append(name)
+        cursor = await self.conn.execute(query, params)
+        if name in self.after:
+            await self.after[name]()  # a concurrent writer, right after this statement
+        return cursor
 
 
 class RecordingPool:
     """Lends the real pool's connections and records the name of every statement executed."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, after: dict[str, Hook] | None = None):
         self._pool = pool
+        self._after = after or {}
         self.statements: list[str] = []
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_RecordingConnection]:
         async with self._pool.connection() as conn:
-            yield _RecordingConnection(conn, self.statements)
+            yield _RecordingConnection(conn, self.statements, self._after)
 
 
 @dataclass
@@ -62,9 +71,11 @@ class Provider:
     """Deletes succeed; ``during_delete`` runs inside each file delete (a concurrent writer)."""
 
     during_delete: Callable[[], Awaitable[None]] | None = None
+    files_deleted: list[str] = field(default_factory=list)
     vector_stores_deleted: list[str] = field(default_factory=list)
 
     async def delete_file(self, tenant_id: UUID, label: str, file_id: str) -> DeleteResult:
+        self.files_deleted.append(file_id)
         if self.during_delete is not None:
             await self.during_delete()
         return Deleted()
@@ -176,5 +187,63 @@ async def test_attachment_pending_again_still_holds_back_the_vector_store(
     outcome = await ChatCleanupHandler(ctx, file_concurrency=1)(chat_message(chat))
 
     assert outcome == Retry(RetryReason.PENDING, "attachments became pending again")
+    assert provider.vector_stores_deleted == []
+    assert await fetch_vector_store(conn, chat.id) is not None
+
+
+async def test_message_naming_a_live_attachment_takes_one_statement(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """The row checks (live, agrees with the message) ride on ``take_attachment`` too."""
+    provider = Provider()
+    ctx, statements = context(pool, provider)
+    chat = await create_chat(conn)
+    msg = await attachment_message(conn, chat)
+    await conn.execute("UPDATE attachments SET deleted_at = NULL")  # live again
+
+    outcome = await AttachmentCleanupHandler(ctx)(msg)
+
+    assert isinstance(outcome, Reject)
+    assert statements == ["take_attachment"]
+    assert provider.files_deleted == []
+
+
+async def test_file_kept_for_a_live_reference_takes_two_statements(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """The live-reference check rides on ``take_attachment``; keeping the file is one update."""
+    provider = Provider()
+    ctx, statements = context(pool, provider)
+    chat = await create_chat(conn)
+    msg = await attachment_message(conn, chat)
+    await create_attachment(conn, chat.id, chat.tenant_id, "file-1")  # live, same file
+
+    assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
+
+    assert statements == ["take_attachment", "mark_cleanup_done"]
+    assert provider.files_deleted == []
+
+
+async def test_chat_restored_after_its_check_deletes_nothing(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Restored between ``chat_is_deleted`` and the pending list: its files are live again."""
+    chat = await create_chat(conn, deleted_at=NOW)
+    await create_attachment(conn, chat.id, chat.tenant_id, cleanup_status="pending")
+    await create_vector_store(conn, chat.id, chat.tenant_id, "vs_1")
+
+    async def restore() -> None:
+        await conn.execute("UPDATE chats SET deleted_at = NULL WHERE id = %s", (chat.id,))
+
+    provider = Provider()
+    recording = RecordingPool(pool, after={"adopt_chat_attachments": restore})
+    repo = CleanupRepository(cast(AsyncConnectionPool, recording))
+    ctx = CleanupContext(repo, provider, Metrics(), max_attempts=5)
+
+    outcome = await ChatCleanupHandler(ctx, file_concurrency=2)(chat_message(chat))
+
+    assert isinstance(outcome, Reject)
+    assert outcome.reason.startswith("chat restored during cleanup: 1 attachment(s) live again")
+    assert provider.files_deleted == []
     assert provider.vector_stores_deleted == []
     assert await fetch_vector_store(conn, chat.id) is not None

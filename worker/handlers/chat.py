@@ -3,7 +3,14 @@
 Deletes every pending file of a deleted chat concurrently (bounded), then — only once none is
 pending — its vector store, then hard-deletes the vector-store row: the durable marker that the
 chat is fully cleaned. Differs from the seed on purpose (SPEC §5): attachments deleted one by
-one before the chat whose cleanup never started are adopted and cleaned too.
+one before the chat whose cleanup never started are adopted and cleaned too. A file that a live
+attachment elsewhere references is kept (SPEC §13), and a chat restored mid-cleanup stops it.
+
+Race safety: liveness and live references are read with the pending list, one statement before
+the deletes. A chat restored before that statement deletes nothing (the message is
+dead-lettered, the files kept); one restored after it cannot be stopped by the worker short of
+holding row locks across provider calls: the chat service must not restore a chat whose cleanup
+has begun (the upstream never restores a chat).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from worker.handlers.files import (
     FileOutcome,
     StillPending,
     clean_file,
+    keep_file,
 )
 from worker.handlers.payloads import ChatSoftDeleted, InvalidPayload, parse_chat_soft_deleted
 from worker.handlers.repository import PendingAttachment, VectorStoreRow
@@ -52,7 +60,14 @@ class ChatCleanupHandler:
         if not await repo.chat_is_deleted(event.chat_id):
             return Reject("chat is not soft-deleted (active or missing)")
         await repo.adopt_chat_attachments(event.chat_id)
-        still_pending = await self._clean_files(await repo.pending_attachments(event.chat_id))
+        pending = await repo.pending_attachments(event.chat_id)
+        live = [att for att in pending if att.live]
+        if live:
+            return Reject(
+                f"chat restored during cleanup: {len(live)} attachment(s) live again, "
+                f"first {live[0].id}; their files are kept"
+            )
+        still_pending = await self._clean_files(pending)
         if still_pending:
             return _retry_for(still_pending)
         vector_store = await repo.vector_store(event.chat_id)
@@ -65,6 +80,8 @@ class ChatCleanupHandler:
         slots = asyncio.Semaphore(self._file_concurrency)
 
         async def one(att: PendingAttachment) -> FileOutcome:
+            if att.file_in_live_use and att.provider_file_id is not None:
+                return await keep_file(self._ctx, att.id, att.provider_file_id)
             async with slots:
                 return await clean_file(
                     self._ctx,

@@ -23,6 +23,10 @@ log = structlog.get_logger("worker.handlers")
 FILE = "file"
 VECTOR_STORE = "vector_store"
 
+# Recorded on the row (last_cleanup_error) and logged when a file is not deleted because a
+# live attachment still references it (SPEC §13): that attachment's own cleanup deletes it.
+FILE_KEPT = "file kept: referenced by a live attachment"
+
 
 class Provider(Protocol):
     """What the handlers need from the provider layer (``ProviderGateway`` implements it)."""
@@ -90,6 +94,20 @@ async def clean_file(
     outcome = await _record(ctx, attachment_id, result)
     log.info("attachment_cleaned", attachment_id=str(attachment_id), result=type(outcome).__name__)
     return outcome
+
+
+async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> Done:
+    """The row's duty ends without a delete: a live attachment still uses the file.
+
+    ``done`` (not ``failed``) because nothing is owed: retrying would only keep the chat's
+    vector store waiting, and the live attachment's own cleanup deletes the file later. Not
+    counted as a completed delete; the note on the row and the log line say what happened.
+    """
+    await ctx.repo.mark_done(attachment_id, note=FILE_KEPT)
+    log.warning(
+        "file_kept", attachment_id=str(attachment_id), provider_file_id=file_id, reason=FILE_KEPT
+    )
+    return Done()
 
 
 async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult) -> FileOutcome:

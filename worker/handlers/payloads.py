@@ -98,6 +98,8 @@ def _text(doc: dict[str, Any], field: str, *, max_chars: int = MAX_ID_CHARS) -> 
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: valid JSON escape, not text
         raise InvalidPayload(f"{field}: not valid Unicode text") from None
+    if "\x00" in value:  # valid JSON ("\u0000"), but no row can hold it: PostgreSQL text can't
+        raise InvalidPayload(f"{field}: contains a NUL character")
     return value
 
 

@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.pool import translate_errors
 from worker.db.queries import q
+from worker.handlers.payloads import AttachmentDeleted
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,29 @@ class PendingAttachment:
     tenant_id: UUID
     storage_backend: str
     provider_file_id: str | None
+    live: bool  # not soft-deleted and its chat not deleted (the chat was restored)
+    file_in_live_use: bool  # another live attachment references the same provider file
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    """The attachment row as stored: what cleanup acts on, whatever the message says."""
+
+    tenant_id: UUID
+    chat_id: UUID
+    storage_backend: str
+    provider_file_id: str | None
+    deleted: bool  # soft-deleted itself (its chat may be deleted too)
 
 
 @dataclass(frozen=True)
 class TakenAttachment:
-    status: str | None  # None: the attachment no longer exists
-    chat_deleted: bool
+    row: StoredAttachment | None  # None: the attachment no longer exists (chat purged)
+    status: str | None  # cleanup_status after the take
+    taken: bool  # passed every check under the row lock and is in cleanup now
+    # Both read the message's ids: equal to the row's whenever the row was taken.
+    chat_deleted: bool  # the chat is soft-deleted
+    file_in_live_use: bool  # another live attachment references the file
 
 
 @dataclass(frozen=True)
@@ -62,17 +80,38 @@ class CleanupRepository:
         rows = await self._rows("chat_is_deleted", {"chat_id": chat_id})
         return bool(rows[0][0])
 
-    async def take_attachment(self, attachment_id: UUID, chat_id: UUID) -> TakenAttachment:
-        """Takes the attachment into cleanup and reads its chat's state: one round trip, not two."""
-        params = {"attachment_id": attachment_id, "chat_id": chat_id}
-        [(status, chat_deleted)] = await self._rows("take_attachment", params)
-        return TakenAttachment(status, bool(chat_deleted))
+    async def take_attachment(self, event: AttachmentDeleted) -> TakenAttachment:
+        """Read the row the message names and take it into cleanup if it may be: one statement.
+
+        Race safety: the checks (agrees with the message, not live, not done) and the take are
+        one UPDATE, a compare-and-set under the row lock. A restore (``deleted_at`` back to
+        NULL) committed before the take is seen, and nothing is taken or deleted. A restore
+        after the take finds ``cleanup_status`` set: from then on the row belongs to cleanup,
+        and a chat service that restores attachments must refuse rows whose cleanup_status is
+        not NULL (the upstream never restores); no worker can recall a delete already sent.
+        The chat's state and other attachments' references are read as of the statement.
+        """
+        params = {
+            "attachment_id": event.attachment_id,
+            "tenant_id": event.tenant_id,
+            "chat_id": event.chat_id,
+            "storage_backend": event.storage_backend,
+            "provider_file_id": event.provider_file_id,
+        }
+        [row] = await self._rows("take_attachment", params)
+        tenant_id, chat_id, backend, file_id, status, deleted, taken, chat_deleted, shared = row
+        stored = None
+        if tenant_id is not None:
+            stored = StoredAttachment(tenant_id, chat_id, backend, file_id, bool(deleted))
+        return TakenAttachment(stored, status, bool(taken), bool(chat_deleted), bool(shared))
 
     async def adopt_chat_attachments(self, chat_id: UUID) -> int:
         return await self._count("adopt_chat_attachments", {"chat_id": chat_id})
 
-    async def mark_done(self, attachment_id: UUID) -> bool:
-        return await self._count("mark_cleanup_done", {"attachment_id": attachment_id}) == 1
+    async def mark_done(self, attachment_id: UUID, *, note: str | None = None) -> bool:
+        """pending/failed -> done; ``note`` says why when the file was kept, not deleted."""
+        params = {"attachment_id": attachment_id, "note": note}
+        return await self._count("mark_cleanup_done", params) == 1
 
     async def record_attempt(
         self, attachment_id: UUID, error: str, *, max_attempts: int, permanent: bool = False
