@@ -362,7 +362,7 @@ def _azure(**kwargs: Any) -> BackendConfig:
                 backends={"azure": _azure()},
                 tenants={str(TENANT_A): {"azure": TenantOverride(api_version="bogus")}},
             ),
-            f"providers.tenants.{TENANT_A}.azure.api_version: 'bogus' is not a dated Azure api-version",
+            f"providers.tenants.{TENANT_A}.azure.api_version: 'bogus' is not a dated Azure",
         ),
         (
             ProvidersConfig(
