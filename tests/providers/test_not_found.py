@@ -19,6 +19,7 @@ from worker.models import RetryReason
 from worker.providers import Deleted, RetryPolicy, Transient
 from worker.providers.classify import NOT_FOUND_BODIES, Target, recognised_not_found
 from worker.providers.gateway import ProviderGateway
+from worker.providers.results import ResourceKind
 from worker.sandbox.fake_openai import FakeOpenAI
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -87,7 +88,7 @@ def test_row_does_not_count_a_not_found_for_another_object(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(ROW_EXAMPLES))
 def test_row_does_not_count_for_the_other_resource_kind(name: str) -> None:
     body, target = ROW_EXAMPLES[name]
-    kind = "vector_store" if target.resource == "file" else "file"
+    kind: ResourceKind = "vector_store" if target.resource == "file" else "file"
     other = Target(target.flavor, kind, target.resource_id)
     assert recognised_not_found(httpx2.Response(404, json=body), other) is None
 

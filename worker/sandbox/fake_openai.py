@@ -76,7 +76,9 @@ DEFAULT_AZURE_API_VERSIONS: Final = frozenset(
 # GA versions that answer a file DELETE with 204 No Content (2024-02-01 has no vector stores).
 AZURE_NO_CONTENT_VERSIONS: Final = frozenset(["2024-02-01", "2024-06-01"])
 _AZURE_FILE_ONLY_VERSIONS: Final = frozenset(["2024-02-01"])
-_RESOURCE_NOT_FOUND: Final = {"error": {"code": "404", "message": "Resource not found"}}
+_RESOURCE_NOT_FOUND: Final[dict[str, object]] = {
+    "error": {"code": "404", "message": "Resource not found"}
+}
 
 # The lazy prefix reads "/openai/v1/files/x" as Azure v1 GA, not as prefix "/openai" + OpenAI.
 _ROUTE: Final = re.compile(
