@@ -92,6 +92,8 @@ async def restore_suspected_routes(
     try:
         async with pool.connection() as conn:
             rows = await read_suspected_routes(conn)
+    except psycopg.errors.UndefinedTable:
+        return 0  # not migrated: the commands say so themselves ("run cleanup-worker migrate")
     except (psycopg.Error, CleanupWorkerError, OSError) as exc:
         log.warning("route_health_not_restored", error=type(exc).__name__)
         return 0
