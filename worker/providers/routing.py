@@ -289,7 +289,7 @@ def _key_source(env: str | None, file: str | None, path: str) -> KeySource | Non
 
 
 def _check_url(kind: BackendKind, url: str, path: str) -> None:
-    field_name = "base_url" if kind == "openai" else "endpoint"
+    field_name = "base_url" if kind == "openai" or is_azure_v1_url(url) else "endpoint"
     where = f"{path}.{field_name}"
     try:
         parts = urlsplit(url)
