@@ -1,7 +1,8 @@
 """``ProviderGateway``: the provider layer's one entry point for the handlers (SPEC §6).
 
 A call goes: route (tenant + label) -> client (key read lazily) -> Retry-After pause check ->
-circuit breaker -> in-call retries, each attempt inside the route's limiter -> one
+circuit breaker -> in-call retries, each attempt inside the route's limiter -> route suspicion
+(a not-found of a suspected route is a ``config`` retry, ``worker.providers.suspicion``) -> one
 ``DeleteResult``. Never raises for provider or configuration trouble; only cancellation and
 programming errors propagate.
 """
