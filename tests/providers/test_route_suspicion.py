@@ -140,8 +140,11 @@ async def test_restored_suspicion_applies_only_to_an_unchanged_route(fake: FakeO
         await gateway.aclose()
     assert isinstance(result, Transient)
     assert "not-found for 11 distinct objects" in result.detail
-    fixed = _config(fake, "RIGHT_KEY")
-    [fixed_route] = ProviderGateway(fixed, environ=KEYS).routes()
+    fixed = ProviderGateway(_config(fake, "RIGHT_KEY"), environ=KEYS)
+    try:
+        [fixed_route] = fixed.routes()
+    finally:
+        await fixed.aclose()
     assert fixed_route.fingerprint != route.fingerprint
 
 

@@ -15,13 +15,24 @@ from uuid import UUID
 
 import pytest
 from handlers.support import AQ, CQ, Stack, build_config, only, outcomes, retry_of
+from prometheus_client import CollectorRegistry
 
 from worker import render
-from worker.config import BackendConfig, Config, RouteSuspicionConfig, TenantOverride
+from worker.config import (
+    BackendConfig,
+    Config,
+    ProvidersConfig,
+    RouteSuspicionConfig,
+    TenantOverride,
+)
 from worker.db import Conn
+from worker.db.pool import open_pool
 from worker.models import Ok, RetryReason
+from worker.observability.metrics import Metrics
+from worker.providers.gateway import ProviderGateway
 from worker.runtime.app import open_app
 from worker.runtime.checks import check_config
+from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
 from worker.runtime.status import read_status
 from worker.sandbox.fake_openai import FakeOpenAI
 
@@ -241,3 +252,36 @@ async def test_a_backend_without_a_shared_key_never_uses_another_key(
     assert "has no routing for 'openai'" in row["last_cleanup_error"]
     assert [r.resource_id for r in stack.fake.requests()] == [mine.provider_file_id]
     assert other.provider_file_id in stack.fake.files
+
+
+async def test_a_route_health_write_that_fails_never_fails_the_delete(empty_db: str) -> None:
+    """A database without the table (or down): the transition is logged, the call goes on."""
+    config = ProvidersConfig(
+        backends={
+            "openai": BackendConfig(
+                kind="openai", base_url="https://api.openai.test/v1", api_key_env="OPENAI_KEY"
+            )
+        }
+    )
+    gateway = ProviderGateway(config, environ=KEYS)
+    [route] = gateway.routes()
+    metrics = Metrics(registry=CollectorRegistry())
+    try:
+        async with open_pool(empty_db, min_size=1, max_size=1) as pool:
+            recorder = RouteHealthRecorder(pool, metrics, "worker-test")
+            await recorder.route_suspected(route, 11)
+            gauge = metrics.registry.get_sample_value(
+                "mini_chat_provider_routes_suspected", {"backend": "openai"}
+            )
+            await recorder.route_recovered(route)
+            restored = await restore_suspected_routes(pool, gateway, recorder)
+    finally:
+        await gateway.aclose()
+    assert gauge == 1
+    assert restored == 0
+    assert (
+        metrics.registry.get_sample_value(
+            "mini_chat_provider_routes_suspected", {"backend": "openai"}
+        )
+        == 0
+    )
