@@ -260,7 +260,7 @@ def test_a_key_of_another_project_is_told_no_such_file() -> None:
         assert file_error.value.response.json()["error"] == {
             "message": "No such File object: file-1",
             "type": "invalid_request_error",
-            "param": None,
+            "param": "id",
             "code": None,
         }
         assert store_error.value.response.json()["error"]["message"] == (

@@ -216,14 +216,16 @@ def _credentials(headers: Mapping[str, str], flavor: Flavor) -> tuple[AuthScheme
     return "none", None
 
 
-def _error(status: int, message: str, code: str | None = None, **headers: str) -> _Answer:
+def _error(
+    status: int, message: str, code: str | None = None, *, param: str | None = None, **headers: str
+) -> _Answer:
     """An error shaped like OpenAI's; ``retry_after=`` becomes the header ``retry-after``."""
     kind = "invalid_request_error"
     if status == 429:
         kind = "requests"
     elif status >= 500:
         kind = "server_error"
-    error = {"message": message, "type": kind, "param": None, "code": code}
+    error = {"message": message, "type": kind, "param": param, "code": code}
     return _Answer(status, {"error": error}, {k.replace("_", "-"): v for k, v in headers.items()})
 
 
@@ -432,7 +434,7 @@ class FakeOpenAI:
         implicit = self._implicit_ids and (route.resource, resource_id) not in self._gone
         if foreign or not (live or implicit):
             if is_file:
-                return _error(404, f"No such File object: {resource_id}")
+                return _error(404, f"No such File object: {resource_id}", param="id")
             return _error(404, f"No vector store found with id '{resource_id}'.")
         self._gone.add((route.resource, resource_id))
         if is_file:
