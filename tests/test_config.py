@@ -275,11 +275,16 @@ def test_env_value_that_is_not_yaml() -> None:
     assert message.startswith("config error: outbox.batch_size: the value is not valid YAML")
 
 
-def test_missing_api_key_source() -> None:
-    message = fail(env={f"{P}PROVIDERS__BACKENDS__OPENAI__KIND": "openai"})
-    assert message.startswith(
-        "config error: providers.backends.openai.api_key_env: required: set api_key_env"
-    )
+def test_a_backend_without_a_shared_key_is_accepted() -> None:
+    """SPEC §13: it serves only tenants with their own override (the routing tests show how)."""
+    env = {
+        f"{P}PROVIDERS__BACKENDS__OPENAI__KIND": "openai",
+        f"{P}PROVIDERS__TENANTS__{TENANT}__OPENAI__API_KEY_ENV": "TENANT_KEY",
+    }
+    cfg = load_config(None, environ=env)
+    backend = cfg.providers.backends["openai"]
+    assert (backend.api_key_env, backend.api_key_file) == (None, None)
+    assert cfg.providers.tenants[TENANT]["openai"].api_key_env == "TENANT_KEY"
 
 
 def test_malformed_env_name() -> None:
@@ -417,8 +422,37 @@ BAD_ENV: list[tuple[dict[str, str], str]] = [
         "providers.backends.azure.api_key_file",
     ),
     (
-        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__API_KEY_FILE": ""},
-        "providers.backends.azure.api_key_env",
+        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__API_VERSION": "v1"},
+        "providers.backends.azure.api_version",
+    ),
+    (
+        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__API_VERSION": "latest"},
+        "providers.backends.azure.api_version",
+    ),
+    (
+        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__API_VERSION": "2024-02-15-preview"},
+        "providers.backends.azure.api_version",
+    ),
+    (
+        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__API_VERSION": "2024-13-45-garbage"},
+        "providers.backends.azure.api_version",
+    ),
+    (
+        {
+            **AZURE,
+            f"{P}PROVIDERS__BACKENDS__AZURE__ENDPOINT": "",
+            f"{P}PROVIDERS__BACKENDS__AZURE__API_VERSION": "",
+            f"{P}PROVIDERS__BACKENDS__AZURE__BASE_URL": "https://r.openai.azure.com/openai",
+        },
+        "providers.backends.azure.base_url",
+    ),
+    (
+        {**AZURE, f"{P}PROVIDERS__BACKENDS__AZURE__ORGANIZATION": "org with spaces"},
+        "providers.backends.azure.organization",
+    ),
+    (
+        {**OPENAI, f"{P}PROVIDERS__ROUTE_SUSPICION__NOT_FOUND_THRESHOLD": "0"},
+        "providers.route_suspicion.not_found_threshold",
     ),
     (
         {**OPENAI, f"{P}PROVIDERS__BACKENDS__OPENAI__API_KEY_ENV": "1BAD"},

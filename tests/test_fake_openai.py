@@ -188,13 +188,18 @@ def test_without_api_keys_any_key_is_accepted() -> None:
             assert client.files.delete("file-1").deleted
 
 
-def test_azure_rejects_a_missing_or_unsupported_api_version(fake: FakeOpenAI) -> None:
+def test_azure_answers_an_unserved_api_version_resource_not_found(fake: FakeOpenAI) -> None:
+    """Azure's own answer to a wrong api-version is a 404 that must never read as "gone"."""
     fake.add_file("file-1")
     with _azure(fake, api_version="2023-05-15") as client:
-        with pytest.raises(openai.BadRequestError, match="API version not supported"):
+        with pytest.raises(openai.NotFoundError) as file_error:
             client.files.delete("file-1")
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.NotFoundError) as store_error:
             client.vector_stores.delete("vs_1")
+    for error in (file_error, store_error):
+        assert error.value.response.json() == {
+            "error": {"code": "404", "message": "Resource not found"}
+        }
     # The classic Azure path without ?api-version=, as a misconfigured OpenAI client sends it.
     with (
         openai.OpenAI(
@@ -204,7 +209,72 @@ def test_azure_rejects_a_missing_or_unsupported_api_version(fake: FakeOpenAI) ->
     ):
         client.files.delete("file-1")
     assert fake.files == {"file-1"}
-    assert [r.status for r in fake.requests()] == [400, 400, 400]
+    assert [r.status for r in fake.requests()] == [404, 404, 400]
+
+
+@pytest.mark.parametrize("api_version", ["2024-02-01", "2024-06-01"])
+def test_azure_ga_versions_answer_a_file_delete_with_204(
+    fake: FakeOpenAI, api_version: str
+) -> None:
+    """As Azure GA does; the SDK then returns "" from files.delete, not a FileDeleted."""
+    fake.add_file("file-1")
+    fake.add_file("file-2")
+    with _azure(fake, api_version=api_version) as client:
+        raw = client.files.with_raw_response.delete("file-1")
+        parsed = client.files.delete("file-2")
+    assert (raw.status_code, raw.http_response.content) == (204, b"")
+    assert str(parsed) == ""  # what a caller reading `.deleted` would miss
+    assert not hasattr(parsed, "deleted")
+    assert fake.files == set()
+    assert [r.deleted for r in fake.requests()] == [True, True]
+
+
+def test_azure_2024_02_01_has_no_vector_stores(fake: FakeOpenAI) -> None:
+    fake.add_vector_store("vs_1")
+    with _azure(fake, api_version="2024-02-01") as client, pytest.raises(openai.NotFoundError):
+        client.vector_stores.delete("vs_1")
+    assert fake.vector_stores == {"vs_1"}
+
+
+def test_a_base_url_without_v1_gets_invalid_url(fake: FakeOpenAI) -> None:
+    fake.add_file("file-1")
+    with (
+        openai.OpenAI(api_key=KEY, base_url=fake.url, max_retries=0, timeout=5.0) as client,
+        pytest.raises(openai.NotFoundError) as error,
+    ):
+        client.files.delete("file-1")
+    assert error.value.response.json()["error"]["message"] == "Invalid URL (DELETE /files/file-1)"
+    assert fake.files == {"file-1"}
+
+
+def test_a_key_of_another_project_is_told_no_such_file() -> None:
+    projects = {"sk-project-a": "proj_a", "sk-project-b": "proj_b"}
+    with FakeOpenAI(key_projects=projects) as fake:
+        fake.add_file("file-1", project="proj_a")
+        fake.add_vector_store("vs_1", project="proj_a")
+        with _openai(fake, key="sk-project-b") as wrong:
+            with pytest.raises(openai.NotFoundError) as file_error:
+                wrong.files.delete("file-1")
+            with pytest.raises(openai.NotFoundError) as store_error:
+                wrong.vector_stores.delete("vs_1")
+        assert file_error.value.response.json()["error"] == {
+            "message": "No such File object: file-1",
+            "type": "invalid_request_error",
+            "param": "id",
+            "code": None,
+        }
+        assert store_error.value.response.json()["error"]["message"] == (
+            "No vector store found with id 'vs_1'."
+        )
+        assert (fake.files, fake.vector_stores) == ({"file-1"}, {"vs_1"})
+        # The OpenAI-Project header chooses the project too (a user key in many projects).
+        with openai.OpenAI(
+            api_key="sk-project-b", project="proj_a", base_url=fake.openai_base_url,
+            max_retries=0, timeout=5.0,
+        ) as by_header:  # fmt: skip
+            assert by_header.files.delete("file-1").deleted
+        with _openai(fake, key="sk-project-a") as right:
+            assert right.vector_stores.delete("vs_1").deleted
 
 
 def test_implicit_ids_exist_until_deleted() -> None:
@@ -221,7 +291,7 @@ def test_implicit_ids_exist_until_deleted() -> None:
 def test_custom_azure_api_versions_replace_the_default_set() -> None:
     with FakeOpenAI(azure_api_versions=["2099-01-01"]) as fake:
         fake.add_file("file-1")
-        with _azure(fake) as client, pytest.raises(openai.BadRequestError):
+        with _azure(fake) as client, pytest.raises(openai.NotFoundError):
             client.files.delete("file-1")
         with _azure(fake, api_version="2099-01-01") as client:
             assert client.files.delete("file-1").deleted

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import psycopg
 import yaml
@@ -92,11 +93,14 @@ class BackendConfig:
     """One provider backend, addressed by the label stored in attachments/vector-store rows."""
 
     kind: BackendKind
-    base_url: str | None = None  # openai
-    endpoint: str | None = None  # azure
-    api_version: str | None = None  # azure
+    base_url: str | None = None  # openai; azure v1 GA (https://R.openai.azure.com/openai/v1/)
+    endpoint: str | None = None  # azure classic
+    api_version: str | None = None  # azure classic
+    # No key: the backend serves only tenants with their own override (SPEC §13).
     api_key_env: str | None = None
     api_key_file: str | None = None
+    organization: str | None = None  # OpenAI-Organization header
+    project: str | None = None  # OpenAI-Project header
     timeout_seconds: float = 10.0
     max_concurrency: int = 16
     max_rps: float = 50.0
@@ -111,6 +115,8 @@ class TenantOverride:
     api_version: str | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
+    organization: str | None = None
+    project: str | None = None
     max_concurrency: int | None = None
     max_rps: float | None = None
 
@@ -124,9 +130,18 @@ class CircuitBreakerConfig:
 
 
 @dataclass(frozen=True)
+class RouteSuspicionConfig:
+    """A route answering not-found for more than this many distinct objects in a row, without
+    one success, is suspect (a wrong project, organization or key): its 404s stop counting."""
+
+    not_found_threshold: int = 10
+
+
+@dataclass(frozen=True)
 class ProvidersConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    route_suspicion: RouteSuspicionConfig = field(default_factory=RouteSuspicionConfig)
     # tenant uuid (lower-case string) -> backend label -> override
     tenants: dict[str, dict[str, TenantOverride]] = field(default_factory=dict)
 
@@ -208,6 +223,8 @@ _PER_BACKEND = {
     "api_version": _regex("an API version such as 2025-03-01-preview", r"\S+"),
     "api_key_env": _regex(f"an environment variable name ({_ENV_NAME})", _ENV_NAME),
     "api_key_file": _FILE,
+    "organization": _regex("an OpenAI organization id (org-...)", r"[A-Za-z0-9_-]+"),
+    "project": _regex("an OpenAI project id (proj_...)", r"[A-Za-z0-9_-]+"),
     "timeout_seconds": _SECONDS,
     "max_concurrency": _INT_1K,
     "max_rps": _range(0, 100_000, open_lo=True),
@@ -239,6 +256,7 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (CleanupConfig, "max_attempts"): _range(1, 999, integer=True),
     (CircuitBreakerConfig, "failure_threshold"): _range(1, 1000, integer=True),
     (CircuitBreakerConfig, "cooldown_seconds"): _range(0, 3600, open_lo=True),
+    (RouteSuspicionConfig, "not_found_threshold"): _range(1, 100_000, integer=True),
     (CleanupConfig, "file_concurrency"): _INT_1K,
     (ObservabilityConfig, "http_host"): _regex("a host name or IP address", r"\S+"),
     (ObservabilityConfig, "http_port"): _range(0, 65535, integer=True),
@@ -503,19 +521,16 @@ class _Loader:
                 entries.append((at, backends[label].kind, override))
         for at, kind, e in entries:  # first problem wins: (key, message, related key)
             full = isinstance(e, BackendConfig)  # a backend, not a tenant override
-            unused = ("endpoint", "api_version") if kind == "openai" else ("base_url",)
-            needed = ("endpoint", "api_version") if kind == "azure" and full else ()
+            unused = ("endpoint", "api_version") if kind == "openai" else ()
             keys = (e.api_key_env is not None) + (e.api_key_file is not None)
             problems = [(n, f"not used by {kind} backends", n) for n in unused if getattr(e, n)]
-            problems += [
-                (n, "required for an azure backend", n) for n in needed if not getattr(e, n)
-            ]
+            if kind == "azure":
+                problems += _azure_surface_problems(e, full)
             if keys == 2:
                 problems.append(
                     ("api_key_file", "conflicts with api_key_env: set only one", "api_key_env")
                 )
-            if keys == 0 and full:
-                problems.append(("api_key_env", "required: " + _KEY_SOURCES, "api_key_file"))
+            # A backend without a key is allowed: it serves only tenants with an override.
             if isinstance(e, BackendConfig) and e.timeout_seconds >= lease / 2:
                 problems.append(("timeout_seconds", _TIMEOUT.format(lease / 2), "lease_seconds"))
             if problems:
@@ -567,6 +582,67 @@ def _dsn_problem(dsn: str) -> str | None:
             reason = reason.replace(password.group(2), "***")
         return redact(reason)
     return None
+
+
+AZURE_V1_PATH = "/openai/v1"
+# The first api-version with the vector-store API; older ones 404 every vector-store delete.
+AZURE_MIN_API_VERSION = "2024-05-01-preview"
+_AZURE_DATED_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(-preview)?")
+
+
+def azure_api_version_problem(api_version: str) -> str | None:
+    """Why an Azure classic api-version cannot serve deletes, or None when it can.
+
+    The SDK puts it into ``/openai/...?api-version=V``: the v1 aliases (``v1``, ``latest``,
+    ``preview``) are not valid there (they belong to ``/openai/v1/``, which takes none), and a
+    version older than the vector-store API answers 404 for every vector store.
+    """
+    match = _AZURE_DATED_VERSION.fullmatch(api_version)
+    if match is None:
+        return (
+            f"{api_version!r} is not a dated Azure api-version (e.g. 2025-03-01-preview); for the "
+            f"v1 GA API set base_url: https://NAME.openai.azure.com{AZURE_V1_PATH}/ without one"
+        )
+    if _version_key(api_version) < _version_key(AZURE_MIN_API_VERSION):
+        return f"{api_version!r} predates vector stores: use {AZURE_MIN_API_VERSION} or later"
+    return None
+
+
+def _version_key(api_version: str) -> tuple[str, int]:
+    """Dated versions in release order: a preview comes before the GA of the same date."""
+    return (api_version[:10], 0 if api_version.endswith("-preview") else 1)
+
+
+def is_azure_v1_url(url: str) -> bool:
+    """Whether ``url`` is the Azure v1 GA surface (``https://R.openai.azure.com/openai/v1/``)."""
+    return urlsplit(url).path.rstrip("/").endswith(AZURE_V1_PATH)
+
+
+def _azure_surface_problems(
+    e: BackendConfig | TenantOverride, full: bool
+) -> list[tuple[str, str, str]]:
+    """An azure route speaks classic (endpoint + api_version) or v1 GA (base_url, no version)."""
+    problems: list[tuple[str, str, str]] = []
+    if e.endpoint and e.base_url:
+        message = "set endpoint (classic API) or base_url (v1 GA API), not both"
+        problems.append(("base_url", message, "endpoint"))
+    if e.base_url and not is_azure_v1_url(e.base_url):
+        message = (
+            f"an azure base_url is the v1 GA API: https://NAME.openai.azure.com{AZURE_V1_PATH}/"
+        )
+        problems.append(("base_url", message, "base_url"))
+    if e.base_url and e.api_version:
+        problems.append(("api_version", "the v1 GA API (base_url) takes none", "base_url"))
+    if full and not (e.endpoint or e.base_url):
+        message = f"required: endpoint (classic API) or base_url (v1 GA API, ...{AZURE_V1_PATH}/)"
+        problems.append(("endpoint", message, "base_url"))
+    if full and e.endpoint and not e.api_version:
+        problems.append(("api_version", "required with an azure endpoint", "endpoint"))
+    if e.api_version:
+        problem = azure_api_version_problem(e.api_version)
+        if problem is not None:
+            problems.append(("api_version", problem, "api_version"))
+    return problems
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str], dsn: str | None = None) -> Config:

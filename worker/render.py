@@ -81,7 +81,23 @@ def status(report: Status) -> str:
         + (", ".join(f"{k}={v}" for k, v in sorted(report.attachments.items())) or "none"),
         f"Vector stores of deleted chats still to delete: {report.outstanding_vector_stores}",
     ]
-    return "\n".join(parts)
+    return "\n".join(parts + _suspected_routes(report))
+
+
+def _suspected_routes(report: Status) -> list[str]:
+    """Routes whose not-founds are not counted as deleted (docs/runbooks.md, SPEC §13)."""
+    if not report.suspected_routes:
+        return ["Suspected provider routes: none"]
+    rows = [
+        [r.backend, r.tenant_id or "(shared)", r.distinct_not_found, r.suspected_for_seconds]
+        for r in report.suspected_routes
+    ]
+    return [
+        "",
+        "Suspected provider routes (not-found for many objects in a row: wrong key, project or "
+        "organization?)",
+        table(["backend", "tenant", "distinct_not_found", "since"], rows),
+    ]
 
 
 def dead_letter_json(row: DeadLetter) -> dict[str, Any]:

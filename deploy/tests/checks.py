@@ -65,6 +65,7 @@ COUNTERS = {
     "mini_chat_outbox_lease_lost_total",
     "mini_chat_outbox_dead_lettered_total",
     "mini_chat_provider_requests_total",
+    "mini_chat_provider_route_suspected_total",
 }
 GAUGES = {
     "mini_chat_cleanup_backlog",
@@ -76,6 +77,7 @@ GAUGES = {
     "mini_chat_worker_build_info",
     "mini_chat_worker_last_loop_timestamp_seconds",
     "mini_chat_worker_database_up",
+    "mini_chat_provider_routes_suspected",
 }
 HISTOGRAMS = {"mini_chat_cleanup_latency_seconds", "mini_chat_provider_request_duration_seconds"}
 PROMETHEUS_BUILTINS = {"up"}  # written by Prometheus itself for every target

@@ -30,7 +30,9 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     report = result.json()
     assert set(report) == {
         "partitions", "retries", "dead_letters", "attachments", "outstanding_vector_stores",
+        "suspected_routes",
     }  # fmt: skip
+    assert report["suspected_routes"] == []
     assert [(p["queue"], p["partition"]) for p in report["partitions"]] == [
         (queue, n) for queue in (AQ, CQ) for n in range(4)
     ]

@@ -37,6 +37,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "outbox_dead_lettered": ("counter", {"queue"}),
     "provider_requests": ("counter", {"backend", "operation", "outcome"}),
     "provider_request_duration_seconds": ("histogram", {"backend", "operation"}),
+    "provider_route_suspected": ("counter", {"backend"}),
+    "provider_routes_suspected": ("gauge", {"backend"}),
     "worker_build_info": ("gauge", {"version"}),
     "worker_last_loop_timestamp_seconds": ("gauge", set()),
     "worker_database_up": ("gauge", set()),
@@ -68,6 +70,8 @@ def exercise(m: Metrics) -> None:
     m.lease_lost(ATT_Q)
     m.dead_lettered(CHAT_Q)
     m.observe_provider(backend="openai", operation="delete_file", outcome="deleted", seconds=0.1)
+    m.route_suspected("openai")
+    m.set_routes_suspected({"openai": 1})
     m.mark_loop_iteration()
     m.set_database_up(True)
     m.set_backlog(

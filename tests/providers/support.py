@@ -36,6 +36,17 @@ def deleted(resource_id: str = "x") -> httpx2.Response:
     return httpx2.Response(200, json={"id": resource_id, "object": "file", "deleted": True})
 
 
+def not_found(resource_id: str = "file-1", resource: str = "file") -> httpx2.Response:
+    """OpenAI's own 404 for a missing file / vector store (the bodies classify recognises)."""
+    message = (
+        f"No such File object: {resource_id}"
+        if resource == "file"
+        else f"No vector store found with id '{resource_id}'."
+    )
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return httpx2.Response(404, json={"error": error})
+
+
 def api_error(status: int, headers: Mapping[str, str] | None = None) -> httpx2.Response:
     body = {"error": {"message": f"echo {SECRET}", "type": "invalid_request_error"}}
     return httpx2.Response(status, json=body, headers=dict(headers or {}))

@@ -19,7 +19,6 @@ from worker.models import RetryReason
 from worker.providers import (
     BreakerPolicy,
     Deleted,
-    Permanent,
     RetryPolicy,
     Transient,
 )
@@ -260,17 +259,19 @@ async def test_wrong_key_and_api_version(fake: FakeOpenAI, gateways: list[Provid
     revoked = ProviderGateway(routing(fake), environ=wrong_key_env, retry=NO_RETRY)
     gateways.append(revoked)
     config = routing(fake)
+    # A well-formed version this resource does not serve: Azure says "Resource not found".
     config.tenants[str(TENANT_A)]["azure"] = TenantOverride(
-        endpoint=fake.azure_endpoint, api_version="2023-05-15", api_key_env="A_KEY"
+        endpoint=fake.azure_endpoint, api_version="2099-01-01-preview", api_key_env="A_KEY"
     )
-    old_version = make(gateways, config, retry=NO_RETRY)
+    unserved_version = make(gateways, config, retry=NO_RETRY)
 
     auth = await revoked.delete_file(TENANT_C, "openai", "f1")
-    bad_version = await old_version.delete_file(TENANT_A, "azure", "f1")
+    bad_version = await unserved_version.delete_file(TENANT_A, "azure", "f1")
 
     assert isinstance(auth, Transient)
     assert auth.reason is RetryReason.AUTH
-    assert bad_version == Permanent("HTTP 400 from azure")
+    assert isinstance(bad_version, Transient)
+    assert bad_version.reason is RetryReason.CONFIG
     assert fake.files == {"f1"}
     assert await wrong_key.delete_file(TENANT_B, "openai", "f1") == Deleted()
 

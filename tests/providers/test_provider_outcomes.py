@@ -17,6 +17,7 @@ from providers.support import (
     Step,
     api_error,
     deleted,
+    not_found,
     providers_config,
     script,
 )
@@ -60,15 +61,7 @@ MATRIX: list[tuple[str, Step, DeleteResult, str]] = [
         Transient(T.NOT_DELETED, "openai answered 2xx without deleted: true"),
         "not_deleted",
     ),
-    ("404", api_error(404), Deleted(not_found=True), "not_found"),
-    (
-        "404 from an ingress",
-        httpx2.Response(404, text="default backend - 404"),
-        Transient(
-            T.CONFIG, "HTTP 404 from openai without an API error body (check base_url / endpoint)"
-        ),
-        "config",
-    ),
+    # 404s: tests/providers/test_not_found.py (the answer depends on the object asked for).
     (
         "429 retry-after seconds",
         rl(retry_after="7"),
@@ -243,7 +236,7 @@ async def test_503_then_200_is_deleted_after_two_requests(make_gateway: MakeGate
 
 async def test_404_after_a_timeout_is_deleted(make_gateway: MakeGateway) -> None:
     """The timed-out DELETE may have happened: a 404 on the retry is success."""
-    upstream = script(raises(lambda r: httpx2.ReadTimeout("t", request=r)), api_error(404))
+    upstream = script(raises(lambda r: httpx2.ReadTimeout("t", request=r)), not_found("file-1"))
     gateway = make_gateway(providers_config(), upstream, retry=FAST)
 
     assert await gateway.delete_file(TENANT_B, "openai", "file-1") == Deleted(not_found=True)

@@ -311,7 +311,7 @@ def _azure(**kwargs: Any) -> BackendConfig:
         ),
         (
             ProvidersConfig(backends={"azure": _azure(api_version="2025-13")}),
-            "providers.backends.azure.api_version: '2025-13' does not look like",
+            "providers.backends.azure.api_version: '2025-13' is not a dated Azure api-version",
         ),
         (
             ProvidersConfig(backends={"azure": _azure(endpoint="ftp://r.test/")}),
@@ -327,7 +327,7 @@ def _azure(**kwargs: Any) -> BackendConfig:
         ),
         (
             ProvidersConfig(backends={"azure": _azure(base_url="https://r.test/")}),
-            "providers.backends.azure.base_url: azure backends take endpoint",
+            "providers.backends.azure.base_url: set endpoint or base_url, not both",
         ),
         (
             ProvidersConfig(backends={"azure": _azure(api_key_file="/k")}),
@@ -362,7 +362,7 @@ def _azure(**kwargs: Any) -> BackendConfig:
                 backends={"azure": _azure()},
                 tenants={str(TENANT_A): {"azure": TenantOverride(api_version="bogus")}},
             ),
-            f"providers.tenants.{TENANT_A}.azure.api_version: 'bogus' does not look like",
+            f"providers.tenants.{TENANT_A}.azure.api_version: 'bogus' is not a dated Azure",
         ),
         (
             ProvidersConfig(

@@ -172,6 +172,16 @@ class Metrics:
         self._provider_duration = histogram(
             "provider_request_duration_seconds", "Provider call duration.", ("backend", "operation")
         )
+        self._route_suspected = counter(
+            "provider_route_suspected",
+            "Routes that became suspected: not-found for many distinct objects in a row.",
+            ("backend",),
+        )
+        self._routes_suspected = family(
+            "provider_routes_suspected",
+            "Routes of this backend whose not-founds this replica does not count as deleted.",
+            ("backend",),
+        )
         self._build_info = gauge("worker_build_info", "Always 1, by version.", ("version",))
         self._last_loop = gauge(
             "worker_last_loop_timestamp_seconds", "Unix time of the last worker loop iteration."
@@ -238,6 +248,16 @@ class Metrics:
             backend, operation, _check("outcome", outcome, PROVIDER_OUTCOMES)
         ).inc()
         self._provider_duration.labels(backend, operation).observe(seconds)
+
+    def route_suspected(self, backend: str) -> None:
+        """A route of ``backend`` became suspected (SPEC §13 route suspicion)."""
+        self._route_suspected.labels(_check_name("backend", backend)).inc()
+
+    def set_routes_suspected(self, per_backend: Mapping[str, int]) -> None:
+        """How many routes of each backend are suspected now (absent backends drop to 0)."""
+        for backend in per_backend:
+            _check_name("backend", backend)
+        self._routes_suspected.replace(_keyed(per_backend))
 
     @property
     def provider_observer(self) -> ProviderObserver:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import httpx2
 from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
@@ -21,6 +21,16 @@ from worker.providers.results import Transient
 from worker.providers.routing import KeyUnavailable, Route, RouteId
 
 Operation = Literal["delete_file", "delete_vector_store"]
+
+
+class RawResponse(Protocol):
+    """The SDK's raw response (``with_raw_response``): the status, and the body on demand."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def parse(self) -> object: ...
+
 
 # Connect fails fast (a dead host should not eat the whole attempt); capped by the attempt.
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -43,7 +53,7 @@ def attempt_timeout(seconds: float) -> httpx2.Timeout:
 def build_client(route: Route, api_key: str, pool: httpx2.AsyncClient) -> AsyncOpenAI:
     """An SDK client for ``route`` on the shared pool, with SDK retries off (we own retries)."""
     client: AsyncOpenAI
-    if route.kind == "azure":
+    if route.flavor == "azure":
         client = AsyncAzureOpenAI(
             api_key=api_key,
             azure_endpoint=route.url,
@@ -61,21 +71,29 @@ def build_client(route: Route, api_key: str, pool: httpx2.AsyncClient) -> AsyncO
             timeout=attempt_timeout(route.timeout_seconds),
         )
     # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID when None is passed; one
-    # process-wide org must not leak onto every tenant's upstream. Routing is config only.
-    client.organization = None
-    client.project = None
+    # process-wide org must not leak onto every tenant's upstream. Routing is config only:
+    # each backend / tenant override names its own (the OpenAI-Organization / -Project headers).
+    client.organization = route.organization
+    client.project = route.project
     return client
 
 
 async def send_delete(
     client: AsyncOpenAI, operation: Operation, resource_id: str, timeout_seconds: float
-) -> object:
-    """One DELETE; raises the SDK's exceptions (``classify`` translates them)."""
+) -> RawResponse:
+    """One DELETE; raises the SDK's exceptions (``classify`` translates them).
+
+    The raw response, because Azure GA versions answer a file DELETE with 204 No Content:
+    parsed, that is an empty string (or a JSON error escaping as ``ValueError``), not a
+    ``FileDeleted``; the status code is the only reliable "deleted".
+    """
     timeout = attempt_timeout(timeout_seconds)
     if operation == "delete_file":
-        return await client.files.delete(resource_id, timeout=timeout)
+        file = await client.files.with_raw_response.delete(resource_id, timeout=timeout)
+        return cast(RawResponse, file)
     # The SDK adds the required ``OpenAI-Beta: assistants=v2`` header itself (tested).
-    return await client.vector_stores.delete(resource_id, timeout=timeout)
+    store = await client.vector_stores.with_raw_response.delete(resource_id, timeout=timeout)
+    return cast(RawResponse, store)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """``ProviderGateway``: the provider layer's one entry point for the handlers (SPEC §6).
 
 A call goes: route (tenant + label) -> client (key read lazily) -> Retry-After pause check ->
-circuit breaker -> in-call retries, each attempt inside the route's limiter -> one
+circuit breaker -> in-call retries, each attempt inside the route's limiter -> route suspicion
+(a not-found of a suspected route is a ``config`` retry, ``worker.providers.suspicion``) -> one
 ``DeleteResult``. Never raises for provider or configuration trouble; only cancellation and
 programming errors propagate.
 """
@@ -19,7 +20,7 @@ import openai
 
 from worker.config import ProvidersConfig
 from worker.models import RetryReason
-from worker.providers.classify import classify_exception, classify_response
+from worker.providers.classify import Target, classify_exception, classify_response
 from worker.providers.clients import ClientCache, Operation, new_shared_pool, send_delete
 from worker.providers.limits import (
     BREAKER_FAILURES,
@@ -32,27 +33,44 @@ from worker.providers.limits import (
     Sleep,
 )
 from worker.providers.results import (
+    Deleted,
     DeleteResult,
     Permanent,
     ProviderObserver,
+    ResourceKind,
     Transient,
     outcome_label,
     seconds_text,
 )
 from worker.providers.retrying import RetryPolicy, run_with_retries
 from worker.providers.routing import Route, RouteId, Router, default_environ
+from worker.providers.suspicion import NotFoundStreak, RouteHealthListener
 
 # Cached clients are rebuilt this often, re-reading keys: rotated secrets apply within 5 min.
 CLIENT_TTL_SECONDS = 300.0
 
 
-class _RouteState:
-    """Everything kept per route: its limiter and breaker."""
+_RESOURCES: dict[Operation, ResourceKind] = {
+    "delete_file": "file",
+    "delete_vector_store": "vector_store",
+}
 
-    def __init__(self, route: Route, breaker: BreakerPolicy, clock: Clock, sleep: Sleep) -> None:
+
+class _RouteState:
+    """Everything kept per route: its limiter, breaker and not-found streak."""
+
+    def __init__(
+        self,
+        route: Route,
+        breaker: BreakerPolicy,
+        clock: Clock,
+        sleep: Sleep,
+        suspect_after_not_found: int,
+    ) -> None:
         self.route = route
         self.limiter = RouteLimiter(route.max_concurrency, route.max_rps, clock, sleep)
         self.breaker = CircuitBreaker(breaker, clock)
+        self.streak = NotFoundStreak(suspect_after_not_found)
 
 
 class ProviderGateway:
@@ -66,6 +84,7 @@ class ProviderGateway:
         config: ProvidersConfig,
         *,
         observer: ProviderObserver | None = None,
+        route_health: RouteHealthListener | None = None,
         http_client: httpx2.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
         breaker: BreakerPolicy | None = None,
@@ -78,6 +97,7 @@ class ProviderGateway:
         """Validates every route now: raises ``ConfigError`` naming the key path."""
         self._router = Router(config)
         self._observer = observer
+        self._route_health = route_health
         self._retry = retry or RetryPolicy()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -86,8 +106,9 @@ class ProviderGateway:
         env = environ if environ is not None else default_environ()
         self._clients = ClientCache(self._pool, env, clock, client_ttl_seconds)
         breaker_policy = breaker or BreakerPolicy()
+        threshold = config.route_suspicion.not_found_threshold
         self._states: dict[RouteId, _RouteState] = {
-            route.route_id: _RouteState(route, breaker_policy, clock, sleep)
+            route.route_id: _RouteState(route, breaker_policy, clock, sleep, threshold)
             for route in self._router.routes()
         }
         self._closed = False
@@ -109,6 +130,25 @@ class ProviderGateway:
         self._closed = True
         self._clients.clear()
         await self._pool.aclose()
+
+    def routes(self) -> list[Route]:
+        """Every configured route (diagnostics, restoring persisted suspicion)."""
+        return [state.route for state in self._states.values()]
+
+    def restore_suspicion(
+        self, label: str, tenant_id: UUID | None, fingerprint: str, distinct_not_found: int
+    ) -> bool:
+        """Start a route suspected, as an earlier process recorded it; only while the route's
+        configuration is unchanged (a fixed key or project clears it). True when applied."""
+        state = self._states.get((label, tenant_id))
+        if state is None or state.route.fingerprint != fingerprint:
+            return False
+        state.streak.restore(distinct_not_found)
+        return True
+
+    def suspected_routes(self) -> list[Route]:
+        """Routes whose not-founds currently do not count as done."""
+        return [s.route for s in self._states.values() if s.streak.suspected]
 
     def route(self, tenant_id: UUID, label: str) -> Route | Transient:
         """The route a call would use (diagnostics, ``check-config``)."""
@@ -160,7 +200,31 @@ class ProviderGateway:
                 admission,
                 sent=False,
             )
-        return await self._guarded_call(state, admission, client, operation, resource_id)
+        target = Target(route.flavor, _RESOURCES[operation], resource_id)
+        result = await self._guarded_call(state, admission, client, operation, target)
+        return await self._judge_streak(state, target, result)
+
+    async def _judge_streak(
+        self, state: _RouteState, target: Target, result: DeleteResult
+    ) -> DeleteResult:
+        """Route suspicion (SPEC §13): not-founds of a suspected route are not "done"."""
+        route, streak = state.route, state.streak
+        if isinstance(result, Deleted) and not result.not_found:
+            if streak.succeeded() and self._route_health is not None:
+                await self._route_health.route_recovered(route)
+            return result
+        if not (isinstance(result, Deleted) and result.not_found):
+            return result
+        if not streak.suspected:
+            if not streak.not_found(target.resource, target.resource_id):
+                return result
+            if self._route_health is not None:
+                await self._route_health.route_suspected(route, streak.distinct)
+        return Transient(
+            RetryReason.CONFIG,
+            f"{route.describe()} is suspected: not-found for {streak.distinct} distinct objects "
+            "in a row without a success (wrong key, project or organization?)",
+        )
 
     async def _guarded_call(
         self,
@@ -168,7 +232,7 @@ class ProviderGateway:
         admission: Admission,
         client: openai.AsyncOpenAI,
         operation: Operation,
-        resource_id: str,
+        target: Target,
     ) -> DeleteResult:
         """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
         route = state.route
@@ -178,7 +242,7 @@ class ProviderGateway:
 
         async def attempt() -> DeleteResult:
             nonlocal sent
-            result, did_send = await self._attempt(state, client, operation, resource_id, deadline)
+            result, did_send = await self._attempt(state, client, operation, target, deadline)
             sent = sent or did_send
             return result
 
@@ -211,7 +275,7 @@ class ProviderGateway:
         state: _RouteState,
         client: openai.AsyncOpenAI,
         operation: Operation,
-        resource_id: str,
+        target: Target,
         deadline: float,
     ) -> tuple[DeleteResult, bool]:
         """One HTTP request inside the route's limiter (and whether it was sent at all).
@@ -223,7 +287,7 @@ class ProviderGateway:
             async with state.limiter.slot(max_wait_seconds=deadline - self._clock()):
                 timeout = min(route.timeout_seconds, max(0.001, deadline - self._clock()))
                 started = self._clock()
-                result = await self._send(client, route, operation, resource_id, timeout)
+                result = await self._send(client, route, operation, target, timeout)
                 self._observe(route.label, operation, result, self._clock() - started)
         except RouteBusy as busy:
             detail = f"{route.label}: {busy.detail}"
@@ -244,19 +308,20 @@ class ProviderGateway:
         client: openai.AsyncOpenAI,
         route: Route,
         operation: Operation,
-        resource_id: str,
+        target: Target,
         timeout_seconds: float,
     ) -> DeleteResult:
         try:
-            body = await send_delete(client, operation, resource_id, timeout_seconds)
+            raw = await send_delete(client, operation, target.resource_id, timeout_seconds)
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             return classify_exception(
                 exc,
                 backend=route.label,
                 timeout_seconds=timeout_seconds,
                 wall_now=self._wall_clock(),
+                target=target,
             )
-        return classify_response(body, backend=route.label)
+        return classify_response(raw.status_code, raw.parse, backend=route.label)
 
     def _observe(self, backend: str, operation: str, result: DeleteResult, seconds: float) -> None:
         if self._observer is not None:

@@ -12,11 +12,15 @@ last error and shown to operators, so it must be safe to print anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from typing import Literal, Protocol, assert_never
 
 from worker.models import RetryReason
 
 DETAIL_MAX_CHARS = 200
+
+Flavor = Literal["openai", "azure", "azure_v1"]
+"""The API surface a route speaks: OpenAI, Azure classic (``/openai/...?api-version``), Azure v1."""
+ResourceKind = Literal["file", "vector_store"]
 
 
 def bounded(text: str) -> str:

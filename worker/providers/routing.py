@@ -15,21 +15,25 @@ built, so a rotated Kubernetes secret is picked up once the cached client is rep
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from worker.config import BackendConfig, BackendKind, ProvidersConfig, TenantOverride
+from worker.config import (
+    BackendConfig,
+    BackendKind,
+    ProvidersConfig,
+    TenantOverride,
+    azure_api_version_problem,
+    is_azure_v1_url,
+)
 from worker.errors import ConfigError
 from worker.models import RetryReason
-from worker.providers.results import Transient
-
-# Dated versions ("2025-03-01-preview") or the v1 aliases; anything else is almost surely a typo.
-_AZURE_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|v1|preview|latest")
+from worker.providers.results import Flavor, Transient
 
 
 class KeyUnavailable(Exception):
@@ -80,22 +84,47 @@ class Route:
     label: str
     kind: BackendKind
     tenant_id: UUID | None
-    url: str  # openai: base URL; azure: resource endpoint
+    url: str  # openai and azure v1: base URL; azure classic: resource endpoint
     api_version: str | None
     key: KeySource
     timeout_seconds: float
     max_concurrency: int
     max_rps: float
+    organization: str | None = None
+    project: str | None = None
 
     @property
     def route_id(self) -> RouteId:
         return (self.label, self.tenant_id)
 
+    @property
+    def flavor(self) -> Flavor:
+        """The API surface: decides the client class and which 404 bodies mean "not found"."""
+        if is_azure_v1_url(self.url):
+            return "azure_v1"
+        return "azure" if self.kind == "azure" else "openai"
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this route's configuration (no key value): persisted suspicion of a route
+        applies only while its URL, api-version, key source, organization and project stay."""
+        parts = (self.url, self.api_version, self.key.describe(), self.organization, self.project)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """``openai`` or ``openai (tenant T)``: how operators see a route."""
+        return self.label if self.tenant_id is None else f"{self.label} (tenant {self.tenant_id})"
+
     def __repr__(self) -> str:
         owner = f"tenant {self.tenant_id}" if self.tenant_id is not None else "shared"
         version = f", api_version={self.api_version}" if self.api_version else ""
+        scope = "".join(
+            f", {name}={value}"
+            for name, value in (("organization", self.organization), ("project", self.project))
+            if value
+        )
         return (
-            f"Route({self.label!r}, {self.kind}, {owner}, url={self.url}{version}, "
+            f"Route({self.label!r}, {self.kind}, {owner}, url={self.url}{version}{scope}, "
             f"key from {self.key.describe()})"
         )
 
@@ -162,7 +191,7 @@ def _backend_route(label: str, backend: BackendConfig, path: str) -> Route | str
         if url is not None:
             _check_url(backend.kind, url, path)
         return f"backend has no {missing}; add a tenant override"
-    return _make_route(label, backend, None, url, backend.api_version, key, None, None, path)
+    return _make_route(label, backend, None, url, backend.api_version, key, backend, path)
 
 
 def _override_route(
@@ -183,11 +212,9 @@ def _override_route(
         raise ConfigError(f"{path}.{field_name}: required (the backend {label!r} has none)")
     if key is None:
         raise ConfigError(f"{path}.api_key_env: an api_key_env or api_key_file is required")
-    version = override.api_version or backend.api_version
-    return _make_route(
-        label, backend, tenant_id, url, version, key,
-        override.max_concurrency, override.max_rps, path,
-    )  # fmt: skip
+    # An override with its own v1 base_url takes no api-version from a classic backend.
+    version = override.api_version or (None if is_azure_v1_url(url) else backend.api_version)
+    return _make_route(label, backend, tenant_id, url, version, key, override, path)
 
 
 def _make_route(
@@ -197,15 +224,16 @@ def _make_route(
     url: str,
     api_version: str | None,
     key: KeySource,
-    max_concurrency: int | None,
-    max_rps: float | None,
+    own: BackendConfig | TenantOverride,
     path: str,
 ) -> Route:
+    """``own`` is the backend, or the override whose set fields win over the backend's."""
     _check_url(backend.kind, url, path)
-    if backend.kind == "azure":
+    if backend.kind == "azure" and not is_azure_v1_url(url):
         _check_api_version(api_version, path)
     elif api_version is not None:
-        raise ConfigError(f"{path}.api_version: only azure backends take an api_version")
+        raise ConfigError(f"{path}.api_version: only azure classic endpoints take an api_version")
+    max_concurrency, max_rps = own.max_concurrency, own.max_rps
     route = Route(
         label=label,
         kind=backend.kind,
@@ -216,6 +244,8 @@ def _make_route(
         timeout_seconds=backend.timeout_seconds,
         max_concurrency=backend.max_concurrency if max_concurrency is None else max_concurrency,
         max_rps=backend.max_rps if max_rps is None else max_rps,
+        organization=own.organization or backend.organization,
+        project=own.project or backend.project,
     )
     _check_limits(route.timeout_seconds, route.max_concurrency, route.max_rps, path)
     return route
@@ -229,16 +259,19 @@ def _check_kind(kind: str, path: str) -> None:
 def _url_for_kind(
     kind: BackendKind, base_url: str | None, endpoint: str | None, path: str
 ) -> str | None:
-    """OpenAI routes use ``base_url``, Azure ones ``endpoint``; the other key is a mistake."""
+    """OpenAI routes use ``base_url``; Azure ones ``endpoint`` (classic) or a v1 ``base_url``."""
     if kind == "openai":
         if endpoint is not None:
             raise ConfigError(f"{path}.endpoint: openai backends take base_url, not endpoint")
         return base_url
-    if base_url is not None:
+    if base_url is not None and endpoint is not None:
+        raise ConfigError(f"{path}.base_url: set endpoint or base_url, not both")
+    if base_url is not None and not is_azure_v1_url(base_url):
         raise ConfigError(
-            f"{path}.base_url: azure backends take endpoint (for the Azure v1 API use kind: openai)"
+            f"{path}.base_url: an azure base_url is the v1 GA API "
+            "(https://NAME.openai.azure.com/openai/v1/); a classic resource takes endpoint"
         )
-    return endpoint
+    return base_url if base_url is not None else endpoint
 
 
 def _key_source(env: str | None, file: str | None, path: str) -> KeySource | None:
@@ -256,7 +289,7 @@ def _key_source(env: str | None, file: str | None, path: str) -> KeySource | Non
 
 
 def _check_url(kind: BackendKind, url: str, path: str) -> None:
-    field_name = "base_url" if kind == "openai" else "endpoint"
+    field_name = "base_url" if kind == "openai" or is_azure_v1_url(url) else "endpoint"
     where = f"{path}.{field_name}"
     try:
         parts = urlsplit(url)
@@ -271,7 +304,7 @@ def _check_url(kind: BackendKind, url: str, path: str) -> None:
         raise ConfigError(f"{where}: must not have a query or fragment")
     # A gateway (APIM, a proxy) may put the resource under a path prefix, but "/openai" in it
     # is the classic mistake: the SDK adds /openai/... itself and Azure 404s the doubled path.
-    if kind == "azure" and "/openai/" in parts.path.rstrip("/") + "/":
+    if kind == "azure" and not is_azure_v1_url(url) and "/openai/" in parts.path.rstrip("/") + "/":
         raise ConfigError(
             f"{where}: give the resource root (https://NAME.openai.azure.com/) without /openai; "
             "the SDK adds /openai/... itself"
@@ -281,11 +314,9 @@ def _check_url(kind: BackendKind, url: str, path: str) -> None:
 def _check_api_version(api_version: str | None, path: str) -> None:
     if not api_version:
         raise ConfigError(f"{path}.api_version: required for azure (e.g. 2025-03-01-preview)")
-    if not _AZURE_API_VERSION.fullmatch(api_version):
-        raise ConfigError(
-            f"{path}.api_version: {api_version!r} does not look like an Azure api-version "
-            "(e.g. 2025-03-01-preview)"
-        )
+    problem = azure_api_version_problem(api_version)
+    if problem is not None:
+        raise ConfigError(f"{path}.api_version: {problem}")
 
 
 def _check_limits(timeout_seconds: float, max_concurrency: int, max_rps: float, path: str) -> None:

@@ -21,10 +21,11 @@ from worker.handlers.files import CleanupContext
 from worker.handlers.repository import CleanupRepository
 from worker.models import Handler
 from worker.observability.metrics import Metrics
-from worker.outbox.engine import Engine, EngineSettings
+from worker.outbox.engine import Engine, EngineSettings, new_worker_id
 from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
 from worker.runtime.secrets import register_secrets
+from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
 
 # Connections kept for lease upkeep (heartbeats, acks, releases) beside database.pool_max_size:
 # these statements are short, and on the handlers' pool they waited longer than a lease.
@@ -63,14 +64,18 @@ async def open_app(
             open_pool(db.dsn, min_size=1, max_size=LEASE_POOL_SIZE, name="cleanup-worker-leases")
         )
         breaker = config.providers.circuit_breaker
+        worker_id = new_worker_id()
+        route_health = RouteHealthRecorder(pool, metrics, worker_id)
         gateway = ProviderGateway(
             config.providers,
             breaker=BreakerPolicy(breaker.failure_threshold, breaker.cooldown_seconds),
             observer=metrics.provider_observer,
+            route_health=route_health,
             http_client=http_client,
             environ=environ,
         )
         stack.push_async_callback(gateway.aclose)
+        await restore_suspected_routes(pool, gateway, route_health)
         ctx = CleanupContext(
             CleanupRepository(pool), gateway, metrics, max_attempts=config.cleanup.max_attempts
         )
@@ -81,5 +86,11 @@ async def open_app(
                 ctx, file_concurrency=config.cleanup.file_concurrency
             ),
         }
-        engine = Engine(pool, handlers, EngineSettings.from_config(outbox), lease_pool=lease_pool)
+        engine = Engine(
+            pool,
+            handlers,
+            EngineSettings.from_config(outbox),
+            lease_pool=lease_pool,
+            worker_id=worker_id,
+        )
         yield App(config, pool, metrics, gateway, engine)

@@ -16,6 +16,7 @@ from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
 from worker.runtime.migrate import pending_migrations
+from worker.runtime.status import SuspectedRoute, read_suspected_routes
 
 
 @dataclass
@@ -55,11 +56,14 @@ async def check_config(config: Config, *, environ: dict[str, str]) -> CheckRepor
 
 async def _check_database(config: Config, report: CheckReport) -> None:
     where = redact(config.database.dsn)
+    suspected: list[SuspectedRoute] = []
     try:
         conn = await connect(config.database.dsn, timeout_seconds=5)
         async with conn:
             with translate_errors():
                 missing = await pending_migrations(conn)
+                if not missing:
+                    suspected = await read_suspected_routes(conn)
     except CleanupWorkerError as exc:
         report.database_reachable = not isinstance(exc, DatabaseUnavailable)
         report.add(False, f"database {where}: {exc}")
@@ -71,6 +75,13 @@ async def _check_database(config: Config, report: CheckReport) -> None:
         )
     else:
         report.add(True, "migrations: applied")
+    for route in suspected:
+        report.add(
+            False,
+            f"provider route {route.describe()}: suspected, not-found for "
+            f"{route.distinct_not_found} distinct objects in a row without a success; its "
+            "not-founds are retried, not marked done (check its key, project and organization)",
+        )
 
 
 def _check_key(

@@ -48,12 +48,29 @@ class DeadLetterStatus:
 
 
 @dataclass(frozen=True)
+class SuspectedRoute:
+    """A row of ``cleanup_worker_route_health``, as ``status`` and ``check-config`` show it."""
+
+    backend: str
+    tenant_id: str  # '' for the backend's shared route
+    fingerprint: str
+    distinct_not_found: int
+    suspected_for_seconds: float
+    updated_by: str | None
+
+    def describe(self) -> str:
+        owner = f" (tenant {self.tenant_id})" if self.tenant_id else ""
+        return f"{self.backend}{owner}"
+
+
+@dataclass(frozen=True)
 class Status:
     partitions: list[PartitionStatus]
     retries: list[RetryStatus]
     dead_letters: list[DeadLetterStatus]
     attachments: dict[str, int] = field(default_factory=dict)
     outstanding_vector_stores: int = 0
+    suspected_routes: list[SuspectedRoute] = field(default_factory=list)
 
     def pending(self, queue: str | None = None) -> int:
         return sum(p.pending for p in self.partitions if queue in (None, p.queue))
@@ -74,12 +91,18 @@ async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: boo
     counts = "attachment_status_counts" if all_attachments else "attachment_debt"
     attachments = {status: int(n) for status, n in await _rows(conn, counts, {})}
     vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
-    return Status(partitions, retries, dead, attachments, int(vector_stores))
+    suspected = await read_suspected_routes(conn)
+    return Status(partitions, retries, dead, attachments, int(vector_stores), suspected)
 
 
 async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     cur = await conn.execute(q(name), params)
     return await cur.fetchall()
+
+
+async def read_suspected_routes(conn: Conn) -> list[SuspectedRoute]:
+    """Provider routes whose not-founds do not count as deleted (SPEC §13 route suspicion)."""
+    return [SuspectedRoute(*row) for row in await _rows(conn, "suspected_routes", {})]
 
 
 def backlog_snapshot(status: Status) -> BacklogSnapshot:

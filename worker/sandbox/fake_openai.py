@@ -16,6 +16,15 @@ Wire, as the SDK sends it::
 ``{prefix}`` is any path, usually empty: ``url + "/tenant-b"`` plays a tenant's own endpoint, so
 one server stands in for many upstreams and ``Fault(path_contains="/tenant-b/")`` breaks just one.
 
+Refusals answer as the real services do (SPEC §13), so a misrouted delete is never "deleted":
+a path outside the API (a base_url without ``/v1``) gets OpenAI's 404 ``Invalid URL (DELETE
+/files/x)``; an Azure path with an unknown deployment segment or an api-version the resource
+does not serve gets Azure's 404 ``Resource not found``; a missing object gets the API's own
+not-found (``No such File object: x``, ``No vector store found with id 'x'.``). Azure GA
+api-versions ``2024-02-01`` / ``2024-06-01`` answer a file DELETE with 204 No Content. Keys can
+be bound to a project (``key_projects``) and objects created in one (``add_file(project=)``):
+a key of another project is told ``No such File object`` for a file that exists elsewhere.
+
 As a process (``python -m worker.sandbox.fake_openai --port N``) it prints its URL and serves
 until SIGTERM; ``GET /_fake/summary`` then reports what it deleted.
 """
@@ -64,6 +73,12 @@ DEFAULT_AZURE_API_VERSIONS: Final = frozenset(
         "2025-04-01-preview",
     ]
 )
+# GA versions that answer a file DELETE with 204 No Content (2024-02-01 has no vector stores).
+AZURE_NO_CONTENT_VERSIONS: Final = frozenset(["2024-02-01", "2024-06-01"])
+_AZURE_FILE_ONLY_VERSIONS: Final = frozenset(["2024-02-01"])
+_RESOURCE_NOT_FOUND: Final[dict[str, object]] = {
+    "error": {"code": "404", "message": "Resource not found"}
+}
 
 # The lazy prefix reads "/openai/v1/files/x" as Azure v1 GA, not as prefix "/openai" + OpenAI.
 _ROUTE: Final = re.compile(
@@ -146,7 +161,7 @@ class _Route:
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    body: dict[str, object]
+    body: dict[str, object] | None  # None: no body at all (204)
     headers: dict[str, str] = field(default_factory=dict)
     deleted: bool = False
 
@@ -201,14 +216,16 @@ def _credentials(headers: Mapping[str, str], flavor: Flavor) -> tuple[AuthScheme
     return "none", None
 
 
-def _error(status: int, message: str, code: str | None = None, **headers: str) -> _Answer:
+def _error(
+    status: int, message: str, code: str | None = None, *, param: str | None = None, **headers: str
+) -> _Answer:
     """An error shaped like OpenAI's; ``retry_after=`` becomes the header ``retry-after``."""
     kind = "invalid_request_error"
     if status == 429:
         kind = "requests"
     elif status >= 500:
         kind = "server_error"
-    error = {"message": message, "type": kind, "param": None, "code": code}
+    error = {"message": message, "type": kind, "param": param, "code": code}
     return _Answer(status, {"error": error}, {k.replace("_", "-"): v for k, v in headers.items()})
 
 
@@ -234,8 +251,14 @@ class FakeOpenAI:
         latency_seconds: float = 0.0,
         rate_limit_rps: float | None = None,
         implicit_ids: bool = False,
+        key_projects: Mapping[str, str] | None = None,
     ) -> None:
-        """``implicit_ids``: any id not deleted yet exists, for runs that cannot seed state."""
+        """``implicit_ids``: any id not deleted yet exists, for runs that cannot seed state.
+
+        ``key_projects``: api key -> the project it is bound to; a request's project is its
+        ``OpenAI-Project`` header, else its key's. Objects created without a project are seen
+        by every key; objects of a project only by requests of that project.
+        """
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._azure_api_versions = (
             DEFAULT_AZURE_API_VERSIONS
@@ -246,6 +269,8 @@ class FakeOpenAI:
         self._latency_seconds = latency_seconds
         self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
         self._implicit_ids = implicit_ids
+        self._key_projects = dict(key_projects or {})
+        self._owners: dict[tuple[Resource, str], str] = {}
         self._lock = threading.Lock()  # guards everything below, never held during I/O
         self._files: set[str] = set()
         self._store_files: dict[str, set[str]] = {}
@@ -298,16 +323,24 @@ class FakeOpenAI:
 
     # -- state and faults --------------------------------------------------------------------
 
-    def add_file(self, file_id: str) -> None:
+    def add_file(self, file_id: str, *, project: str | None = None) -> None:
         with self._lock:
             self._files.add(file_id)
+            if project is not None:
+                self._owners[("file", file_id)] = project
 
-    def add_vector_store(self, vs_id: str, file_ids: Iterable[str] = ()) -> None:
+    def add_vector_store(
+        self, vs_id: str, file_ids: Iterable[str] = (), *, project: str | None = None
+    ) -> None:
         """Create a vector store holding ``file_ids``; files that do not exist are created too."""
         members = set(file_ids)
         with self._lock:
             self._files |= members
             self._store_files[vs_id] = members
+            if project is not None:
+                self._owners[("vector_store", vs_id)] = project
+                for file_id in members:
+                    self._owners.setdefault(("file", file_id), project)
 
     def inject(self, fault: Fault) -> None:
         with self._lock:
@@ -356,16 +389,20 @@ class FakeOpenAI:
             return _error(401, *_UNAUTHORIZED[route.flavor])
         if route.resource_id is None:
             if route.flavor == "azure":
-                return _error(404, "Resource not found", "404")
+                return _Answer(404, _RESOURCE_NOT_FOUND)
             return _error(404, f"Invalid URL ({request.method} {request.path})")
         if request.method != "DELETE":
             return _error(405, f"{request.method} not allowed: only DELETE", Allow="DELETE")
+        version = request.query.get("api-version")
         if route.needs_api_version:
-            version = request.query.get("api-version")
             if version is None:
                 return _error(400, "Missing query parameter 'api-version'.", "BadRequest")
-            if version not in self._azure_api_versions:
-                return _error(400, "API version not supported", "BadRequest")
+            if not self._serves_api_version(version, route.resource):
+                return _Answer(404, _RESOURCE_NOT_FOUND)  # as Azure answers an unknown version
+        project = request.headers.get("openai-project") or self._key_projects.get(
+            request.api_key or ""
+        )
+        no_content = route.needs_api_version and version in AZURE_NO_CONTENT_VERSIONS
         with self._lock:
             wait = 0.0 if self._bucket is None else self._bucket.take(time.monotonic())
             if wait > 0:  # both headers, as OpenAI sends them; the SDK prefers milliseconds
@@ -378,15 +415,26 @@ class FakeOpenAI:
                 )
             if fault is not None and fault.deleted_false:
                 return _deleted(route, False)
-            return self._delete(route, route.resource_id)
+            answer = self._delete(route, route.resource_id, project)
+        if no_content and answer.deleted and route.resource == "file":
+            return dataclasses.replace(answer, status=204, body=None)
+        return answer
 
-    def _delete(self, route: _Route, resource_id: str) -> _Answer:
+    def _serves_api_version(self, version: str, resource: Resource) -> bool:
+        if version in self._azure_api_versions:
+            return True
+        return resource == "file" and version in _AZURE_FILE_ONLY_VERSIONS
+
+    def _delete(self, route: _Route, resource_id: str, project: str | None) -> _Answer:
         """Delete one resource (the caller holds the lock); a file also leaves its stores."""
         is_file = route.resource == "file"
+        owner = self._owners.get((route.resource, resource_id))
         live = resource_id in (self._files if is_file else self._store_files)
-        if not live and (not self._implicit_ids or (route.resource, resource_id) in self._gone):
+        foreign = owner not in (None, project)  # another project's object: not found here
+        implicit = self._implicit_ids and (route.resource, resource_id) not in self._gone
+        if foreign or not (live or implicit):
             if is_file:
-                return _error(404, f"No such File object: {resource_id}")
+                return _error(404, f"No such File object: {resource_id}", param="id")
             return _error(404, f"No vector store found with id '{resource_id}'.")
         self._gone.add((route.resource, resource_id))
         if is_file:
@@ -519,9 +567,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
 
     def _send(self, answer: _Answer, extra_headers: Mapping[str, str]) -> None:
-        body = json.dumps(answer.body).encode()
+        body = b"" if answer.body is None else json.dumps(answer.body).encode()
         self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
+        if answer.body is not None:
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         for name, value in {**answer.headers, **extra_headers}.items():
             self.send_header(name, value)
