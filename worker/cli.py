@@ -333,11 +333,7 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
                 report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
-        click.echo(
-            f"reset {report.attachments_reset} failed attachment(s); enqueued "
-            f"{report.chat_messages} chat and {report.attachment_messages} attachment "
-            "cleanup message(s)"
-        )
+        click.echo(render.repair_report(report))
 
     _run(go())
 

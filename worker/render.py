@@ -14,6 +14,7 @@ import click
 if TYPE_CHECKING:
     from worker.outbox.dead_letters import DeadLetter
     from worker.runtime.drain import DrainSummary
+    from worker.runtime.repair import RepairReport
     from worker.runtime.status import Status
 
 
@@ -120,6 +121,25 @@ def id_list(ids: Sequence[int]) -> str:
         return ""
     shown = ", ".join(str(i) for i in ids[:20])
     return f": {shown}{', ...' if len(ids) > 20 else ''}"
+
+
+def repair_report(report: RepairReport) -> str:
+    """What `retry-failed` put back into work, and what no fix unblocks."""
+    lines = [
+        f"reset {report.attachments_reset} failed attachment(s); enqueued "
+        f"{report.chat_messages} chat and {report.attachment_messages} attachment "
+        "cleanup message(s)",
+        f"dead letters: replayed {report.dead_letters_replayed} whose cleanup is unfinished, "
+        f"resolved {report.dead_letters_resolved} whose cleanup is already finished",
+    ]
+    if report.dead_letters_left:
+        lines.append(
+            f"left {report.dead_letters_left} pending dead letter(s) that no fix unblocks "
+            "(invalid payload, or a row that is live or disagrees): inspect with "
+            "`cleanup-worker dead-letters list`, then `dead-letters discard --id N`"
+        )
+    lines.append("next: cleanup-worker drain --until-empty (or let the running workers do it)")
+    return "\n".join(lines)
 
 
 def drain_summary(summary: DrainSummary) -> str:
