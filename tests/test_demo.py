@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +14,7 @@ import pytest
 from worker.config import Config
 from worker.db import Conn
 from worker.demo import DEMO_API_KEYS, DemoOptions, run_demo
+from worker.runtime.drain import DrainProgress
 from worker.sandbox.fake_openai import FakeOpenAI
 
 
@@ -24,21 +26,23 @@ async def _scalar(conn: Conn, sql: str) -> int:
 
 
 async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn) -> None:
-    seen: list[tuple[int, int]] = []
+    seen: list[DrainProgress] = []
     with FakeOpenAI(api_keys=DEMO_API_KEYS) as fake:
         summary = await run_demo(
             Config(),
             DemoOptions(chats=12, seed=7, fault_rate=0.3, max_seconds=60),
             dsn=db,
             fake=fake,
-            progress=lambda done, left: seen.append((done, left)),
+            progress=seen.append,
         )
         deleted_files = {r.resource_id for r in fake.deletes("file")}
         answers = Counter(r.status for r in fake.requests())
 
     assert seen, "progress was reported"
-    assert seen[-1][1] == 0, "progress reached an empty backlog"
-    assert summary["drain"]["remaining_pending"] == 0
+    assert seen[0].finished == 0, "the work was counted before any was done"
+    assert seen[0].total == seen[-1].total, "no work arrived: the total did not grow"
+    assert seen[-1].finished == seen[-1].total, "progress reached an empty backlog"
+    assert summary["drain"]["remaining_messages"] == 0
     assert summary["drain"]["remaining_retries"] == 0
 
     # Per-tenant counts are the database's own.
@@ -48,30 +52,31 @@ async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn
     rows = await cur.fetchall()
     by_status = Counter(status for status, _ in rows)
     totals: Counter[str] = Counter()
-    for counts in summary["per_tenant"].values():
-        totals.update(counts)
-    assert totals["cleanup done"] == by_status["done"]
-    assert totals["cleanup failed"] == by_status["failed"]
-    assert totals.get("cleanup pending", 0) == by_status["pending"]
-    assert totals["files deleted"] == sum(1 for _, f in rows if f in deleted_files)
+    for tenant in summary["tenants"]:
+        totals.update({k: v for k, v in tenant.items() if isinstance(v, int)})
+    assert totals["attachments_done"] == by_status["done"]
+    assert totals["attachments_failed"] == by_status["failed"]
+    assert totals["attachments_pending"] == by_status["pending"]
+    assert totals["files_deleted"] == sum(1 for _, f in rows if f in deleted_files)
 
     # Debt (failed rows; pending rows whose message was dead-lettered while the breaker kept
     # refusing the revoked route) belongs to the tenant whose key was revoked, nobody else.
-    revoked = [k for k in summary["per_tenant"] if "revoked" in k]
     assert all(
-        counts.get("cleanup failed", 0) == 0 and counts.get("cleanup pending", 0) == 0
-        for tenant, counts in summary["per_tenant"].items()
-        if tenant not in revoked
+        t["attachments_failed"] == 0 and t["attachments_pending"] == 0
+        for t in summary["tenants"]
+        if t["setup"] != "key revoked"
     )
     assert answers[401] > 0
 
     dead = await _scalar(conn, "SELECT count(*) FROM modkit_outbox_dead_letters")
-    assert len(summary["dead_letters"]) == dead
-    reasons = " | ".join(summary["dead_letters"])
+    by_reason = summary["dead_letters"]["by_reason"]
+    assert summary["dead_letters"]["pending"] == sum(d["count"] for d in by_reason) == dead
+    reasons = " | ".join(d["reason"] for d in by_reason)
     assert "payload is not valid JSON" in reasons
     assert "attachment_kind: missing required field" in reasons
     assert "unknown value 'chat_archived'" in reasons
-    assert summary["vector_stores_deleted"] == len(
+    assert "file-" not in reasons, "ids are folded so one cause is one line"
+    assert summary["vector_stores"]["deleted"] == len(
         {r.resource_id for r in fake.deletes("vector_store")}
     )
     left = await _scalar(
@@ -79,7 +84,21 @@ async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn
         "SELECT count(*) FROM chat_vector_stores v JOIN chats c ON c.id = v.chat_id"
         " WHERE c.deleted_at IS NOT NULL",
     )
-    assert summary["vector_store_rows_left"] == left
+    assert summary["vector_stores"]["left"] == left
+    assert_snake_case_keys(summary)
+
+
+def assert_snake_case_keys(value: object, path: str = "") -> None:
+    """Machine-friendly JSON: every key an identifier (queue names, which are values of the
+    configuration, are the one exception: they key the per-queue drain counts)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not path.endswith("queues"):
+                assert re.fullmatch(r"[a-z][a-z0-9_]*", key), f"{path}.{key}"
+            assert_snake_case_keys(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            assert_snake_case_keys(item, path + "[]")
 
 
 @pytest.mark.slow
@@ -101,6 +120,8 @@ def test_demo_command_runs_on_its_embedded_default() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
-    assert summary["drain"]["remaining_pending"] == 0
+    assert summary["drain"]["remaining_messages"] == 0
     assert summary["world"]["poison_messages"] == 3
-    assert len(summary["dead_letters"]) >= 3
+    assert summary["dead_letters"]["pending"] >= 3
+    assert summary["database"] == {"kept_running": False}
+    assert_snake_case_keys(summary)

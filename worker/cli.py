@@ -208,7 +208,7 @@ def drain(
         from worker.runtime.drain import drain as run_drain
 
         async with open_app(config, environ=dict(os.environ)) as app:
-            with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            with render.DrainProgress(enabled=not as_json) as progress:
                 summary = await run_drain(
                     app,
                     queues=queues,
@@ -395,24 +395,28 @@ def demo(
     # The summary is the demo's output; per-message log lines would drown it.
     base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
     options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
-    with contextlib.ExitStack() as stack:
+    with (
+        contextlib.ExitStack() as stack,
+        render.DrainProgress(enabled=not as_json) as progress,
+    ):
         # Only an explicit --dsn: a CLEANUP_WORKER_DSN exported for real work (production!)
         # must never receive demo data.
         dsn, stop_hint = ("" if g.dsn_from_env else g.dsn or ""), ""
         if not dsn:
+            progress.note("demo: starting a throwaway PostgreSQL (a few seconds) ...")
             dsn, stop_hint = _start_demo_database(stack, keep=keep)
         fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))
-        if not as_json:
-            click.echo(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}", err=True)
-        with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            summary = _run(
-                demo_mod.run_demo(base, options, dsn=dsn, fake=fake, progress=progress.update)
+        progress.note(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}")
+        summary = _run(
+            demo_mod.run_demo(
+                base, options, dsn=dsn, fake=fake, progress=progress.update, note=progress.note
             )
-        click.echo(
-            json.dumps(summary, indent=2, default=str)
-            if as_json
-            else render.demo_summary(summary, dsn=dsn, keep=keep, stop_hint=stop_hint)
         )
+    shown = redact(dsn)
+    if as_json:
+        _emit_json(render.demo_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
+    else:
+        click.echo(render.demo_summary(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
 
 
 def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
