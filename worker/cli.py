@@ -24,6 +24,7 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
+from worker.db import Conn
 from worker.db.pool import connect, translate_errors
 from worker.errors import (
     CleanupWorkerError,
@@ -280,6 +281,27 @@ def _require_scope(queue: str | None, ids: tuple[int, ...], all_: bool) -> None:
         raise UsageError("say which dead letters: --id N, --queue Q, or --all")
 
 
+async def _require_open_ids(conn: Conn, ids: tuple[int, ...]) -> None:
+    """An --id that names no dead letter, or one already closed, is a mistake to report, not
+    "0 done": the operator may have mistyped it or looked at another database."""
+    if not ids:
+        return
+    found = await dl.list_dead_letters(conn, dl.Filter(ids=ids, limit=len(ids)))
+    status = {row.id: row.status for row in found}
+    unknown = sorted(set(ids) - set(status))
+    if unknown:
+        raise UsageError(
+            f"no dead letter with id {', '.join(map(str, unknown))}: "
+            "see `cleanup-worker dead-letters list --status pending`"
+        )
+    closed = sorted(i for i, s in status.items() if s in ("resolved", "discarded"))
+    if closed:
+        raise UsageError(
+            f"dead letter {closed[0]} is already {status[closed[0]]}: only pending ones can be "
+            "replayed or discarded"
+        )
+
+
 @dead_letters.command("replay")
 @click.option("--queue", metavar="Q")
 @click.option("--id", "ids", type=int, multiple=True)
@@ -294,6 +316,7 @@ def dl_replay(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool, l
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
+                await _require_open_ids(conn, ids)
                 done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
         click.echo(f"replayed {len(done)} dead letter(s){render.id_list(done)}")
 
@@ -313,6 +336,7 @@ def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) 
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
+                await _require_open_ids(conn, ids)
                 done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
         click.echo(f"discarded {len(done)} dead letter(s){render.id_list(done)}")
 
