@@ -7,8 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 
+import psycopg
 import pytest
 
 from worker.config import Config
@@ -125,3 +127,74 @@ def test_demo_command_runs_on_its_embedded_default() -> None:
     assert summary["dead_letters"]["pending"] >= 3
     assert summary["database"] == {"kept_running": False}
     assert_snake_case_keys(summary)
+
+
+@pytest.mark.slow
+def test_demo_keep_json_gives_the_dsn_and_the_stop_command() -> None:
+    """`demo --keep --json`: a script can connect to the kept database and stop it afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--chats", "3", "--keep", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "", "--json: nothing but the JSON document"
+    database = json.loads(done.stdout)["database"]
+    assert set(database) == {"kept_running", "dsn", "stop_command"}
+    assert database["kept_running"] is True
+    try:
+        with psycopg.connect(database["dsn"], connect_timeout=10) as conn:
+            row = conn.execute("SELECT count(*) FROM attachments").fetchone()
+            assert row is not None
+            assert row[0] > 0
+    finally:
+        stopped = subprocess.run(
+            database["stop_command"], shell=True, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr
+    for _ in range(50):
+        try:
+            psycopg.connect(database["dsn"], connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the kept database still answers after its stop command")
+
+
+@pytest.mark.slow
+def test_demo_summary_reads_at_a_glance() -> None:
+    """Plain sentences and one table: no raw Python values, one line per dead-letter cause."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--chats", "8"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert not re.search(r"[{}\[\]]|Counter\(", out), out  # no dict, list or Counter repr
+    lines = out.splitlines()
+    header = lines.index("Per tenant (attachment rows of deleted chats and attachments):") + 1
+    assert lines[header].split() == [
+        "tenant", "backend", "routing", "files", "deleted", "cleaned", "failed", "pending",
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[header + 1 : header + 5]] == [
+        "acme", "globex", "initech", "umbrella",
+    ]  # fmt: skip
+    causes = [line for line in lines if re.match(r"\s+\d+ x ", line)]
+    assert causes, out
+    assert len(causes) == len({c.split(" x ", 1)[1] for c in causes}), causes  # one per cause
+    assert "Re-run with --keep" in out
+    # Not on a terminal: the steps and plain progress lines, on stderr.
+    assert done.stderr.splitlines()[0] == (
+        "demo: starting a throwaway PostgreSQL (a few seconds) ..."
+    ), done.stderr
+    assert any(line.startswith("drained: ") for line in done.stderr.splitlines()), done.stderr
