@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import math
 import operator
 import re
 import types
 import typing
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
@@ -493,6 +495,8 @@ class _Loader:
             problems += [
                 (n, "required for an azure backend", n) for n in needed if not getattr(e, n)
             ]
+            if kind == "azure" and e.endpoint and not _secure_or_loopback(e.endpoint):
+                problems.append(("endpoint", _AZURE_HTTPS, "endpoint"))
             if keys == 2:
                 problems.append(
                     ("api_key_file", "conflicts with api_key_env: set only one", "api_key_env")
@@ -509,6 +513,26 @@ class _Loader:
             if b.kind == "openai" and b.base_url is None:
                 backends[label] = replace(b, base_url=OPENAI_DEFAULT_BASE_URL)
         return replace(cfg, providers=replace(cfg.providers, backends=backends))
+
+
+_AZURE_HTTPS = (
+    "Azure endpoints need https:// (the api-key header would cross the network in clear "
+    "text); http:// is accepted only for a loopback test server"
+)
+
+
+def _secure_or_loopback(url: str) -> bool:
+    """https, or plain http to this machine only (the local test and demo servers)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str], dsn: str | None = None) -> Config:
