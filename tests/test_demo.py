@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 
+import psycopg
 import pytest
 
 from worker.config import Config
 from worker.db import Conn
 from worker.demo import DEMO_API_KEYS, DemoOptions, run_demo
+from worker.runtime.drain import DrainProgress
 from worker.sandbox.fake_openai import FakeOpenAI
 
 
@@ -24,21 +28,23 @@ async def _scalar(conn: Conn, sql: str) -> int:
 
 
 async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn) -> None:
-    seen: list[tuple[int, int]] = []
+    seen: list[DrainProgress] = []
     with FakeOpenAI(api_keys=DEMO_API_KEYS) as fake:
         summary = await run_demo(
             Config(),
             DemoOptions(chats=12, seed=7, fault_rate=0.3, max_seconds=60),
             dsn=db,
             fake=fake,
-            progress=lambda done, left: seen.append((done, left)),
+            progress=seen.append,
         )
         deleted_files = {r.resource_id for r in fake.deletes("file")}
         answers = Counter(r.status for r in fake.requests())
 
     assert seen, "progress was reported"
-    assert seen[-1][1] == 0, "progress reached an empty backlog"
-    assert summary["drain"]["remaining_pending"] == 0
+    assert seen[0].finished == 0, "the work was counted before any was done"
+    assert seen[0].total == seen[-1].total, "no work arrived: the total did not grow"
+    assert seen[-1].finished == seen[-1].total, "progress reached an empty backlog"
+    assert summary["drain"]["remaining_messages"] == 0
     assert summary["drain"]["remaining_retries"] == 0
 
     # Per-tenant counts are the database's own.
@@ -48,30 +54,31 @@ async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn
     rows = await cur.fetchall()
     by_status = Counter(status for status, _ in rows)
     totals: Counter[str] = Counter()
-    for counts in summary["per_tenant"].values():
-        totals.update(counts)
-    assert totals["cleanup done"] == by_status["done"]
-    assert totals["cleanup failed"] == by_status["failed"]
-    assert totals.get("cleanup pending", 0) == by_status["pending"]
-    assert totals["files deleted"] == sum(1 for _, f in rows if f in deleted_files)
+    for tenant in summary["tenants"]:
+        totals.update({k: v for k, v in tenant.items() if isinstance(v, int)})
+    assert totals["attachments_done"] == by_status["done"]
+    assert totals["attachments_failed"] == by_status["failed"]
+    assert totals["attachments_pending"] == by_status["pending"]
+    assert totals["files_deleted"] == sum(1 for _, f in rows if f in deleted_files)
 
     # Debt (failed rows; pending rows whose message was dead-lettered while the breaker kept
     # refusing the revoked route) belongs to the tenant whose key was revoked, nobody else.
-    revoked = [k for k in summary["per_tenant"] if "revoked" in k]
     assert all(
-        counts.get("cleanup failed", 0) == 0 and counts.get("cleanup pending", 0) == 0
-        for tenant, counts in summary["per_tenant"].items()
-        if tenant not in revoked
+        t["attachments_failed"] == 0 and t["attachments_pending"] == 0
+        for t in summary["tenants"]
+        if t["setup"] != "key revoked"
     )
     assert answers[401] > 0
 
     dead = await _scalar(conn, "SELECT count(*) FROM modkit_outbox_dead_letters")
-    assert len(summary["dead_letters"]) == dead
-    reasons = " | ".join(summary["dead_letters"])
+    by_reason = summary["dead_letters"]["by_reason"]
+    assert summary["dead_letters"]["pending"] == sum(d["count"] for d in by_reason) == dead
+    reasons = " | ".join(d["reason"] for d in by_reason)
     assert "payload is not valid JSON" in reasons
     assert "attachment_kind: missing required field" in reasons
     assert "unknown value 'chat_archived'" in reasons
-    assert summary["vector_stores_deleted"] == len(
+    assert "file-" not in reasons, "ids are folded so one cause is one line"
+    assert summary["vector_stores"]["deleted"] == len(
         {r.resource_id for r in fake.deletes("vector_store")}
     )
     left = await _scalar(
@@ -79,7 +86,21 @@ async def test_demo_summary_matches_database_and_request_log(db: str, conn: Conn
         "SELECT count(*) FROM chat_vector_stores v JOIN chats c ON c.id = v.chat_id"
         " WHERE c.deleted_at IS NOT NULL",
     )
-    assert summary["vector_store_rows_left"] == left
+    assert summary["vector_stores"]["left"] == left
+    assert_snake_case_keys(summary)
+
+
+def assert_snake_case_keys(value: object, path: str = "") -> None:
+    """Machine-friendly JSON: every key an identifier (queue names, which are values of the
+    configuration, are the one exception: they key the per-queue drain counts)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not path.endswith("queues"):
+                assert re.fullmatch(r"[a-z][a-z0-9_]*", key), f"{path}.{key}"
+            assert_snake_case_keys(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            assert_snake_case_keys(item, path + "[]")
 
 
 @pytest.mark.slow
@@ -101,6 +122,79 @@ def test_demo_command_runs_on_its_embedded_default() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
-    assert summary["drain"]["remaining_pending"] == 0
+    assert summary["drain"]["remaining_messages"] == 0
     assert summary["world"]["poison_messages"] == 3
-    assert len(summary["dead_letters"]) >= 3
+    assert summary["dead_letters"]["pending"] >= 3
+    assert summary["database"] == {"kept_running": False}
+    assert_snake_case_keys(summary)
+
+
+@pytest.mark.slow
+def test_demo_keep_json_gives_the_dsn_and_the_stop_command() -> None:
+    """`demo --keep --json`: a script can connect to the kept database and stop it afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--chats", "3", "--keep", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "", "--json: nothing but the JSON document"
+    database = json.loads(done.stdout)["database"]
+    assert set(database) == {"kept_running", "dsn", "stop_command"}
+    assert database["kept_running"] is True
+    try:
+        with psycopg.connect(database["dsn"], connect_timeout=10) as conn:
+            row = conn.execute("SELECT count(*) FROM attachments").fetchone()
+            assert row is not None
+            assert row[0] > 0
+    finally:
+        stopped = subprocess.run(
+            database["stop_command"], shell=True, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr
+    for _ in range(50):
+        try:
+            psycopg.connect(database["dsn"], connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the kept database still answers after its stop command")
+
+
+@pytest.mark.slow
+def test_demo_summary_reads_at_a_glance() -> None:
+    """Plain sentences and one table: no raw Python values, one line per dead-letter cause."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--chats", "8"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert not re.search(r"[{}\[\]]|Counter\(", out), out  # no dict, list or Counter repr
+    lines = out.splitlines()
+    header = lines.index("Per tenant (attachment rows of deleted chats and attachments):") + 1
+    assert lines[header].split() == [
+        "tenant", "backend", "routing", "files", "deleted", "cleaned", "failed", "pending",
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[header + 1 : header + 5]] == [
+        "acme", "globex", "initech", "umbrella",
+    ]  # fmt: skip
+    causes = [line for line in lines if re.match(r"\s+\d+ x ", line)]
+    assert causes, out
+    assert len(causes) == len({c.split(" x ", 1)[1] for c in causes}), causes  # one per cause
+    assert "Re-run with --keep" in out
+    # Not on a terminal: the steps and plain progress lines, on stderr.
+    assert done.stderr.splitlines()[0] == (
+        "demo: starting a throwaway PostgreSQL (a few seconds) ..."
+    ), done.stderr
+    assert any(line.startswith("drained: ") for line in done.stderr.splitlines()), done.stderr

@@ -24,6 +24,7 @@ import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
+from worker.db import Conn
 from worker.db.pool import (
     connect,
     connection_kwargs,
@@ -85,11 +86,29 @@ def _queue_names(config: Config) -> list[str]:
     return [config.outbox.attachment_queue.name, config.outbox.chat_queue.name]
 
 
+def _epilog(*examples: str, codes: str) -> str:
+    """The end of every command's --help: examples, then the exit codes (\b: keep lines)."""
+    shown = "\n".join(f"  {example}" for example in examples)
+    return f"\b\nExamples:\n{shown}\n\n\b\nExit codes: {codes}."
+
+
+CODES_DB = "0 done, 2 usage or configuration error, 3 database unreachable"
+
+
 def _emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_epilog(
+        "cleanup-worker demo",
+        "cleanup-worker --config /etc/cleanup-worker/config.yaml check-config",
+        "cleanup-worker drain --help",
+        codes="0 ok, 1 work failed (drain: terminal failures or dead letters), 2 usage or "
+        "configuration error, 3 database unreachable, 130 interrupted",
+    ),
+)
 @click.option(
     "--config",
     "config_path",
@@ -110,7 +129,11 @@ def _emit_json(value: Any) -> None:
     type=click.Choice(["json", "console", "auto"]),
     help="Log format; auto = console on a terminal, JSON otherwise.",
 )
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False))
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="Least severe log level written (default: observability.log_level, info).",
+)
 @click.version_option(__version__, prog_name="cleanup-worker")
 @click.pass_context
 def cli(
@@ -123,7 +146,8 @@ def cli(
     """Deletes provider files and vector stores of deleted chats and attachments.
 
     Reads the chat service's transactional outbox in PostgreSQL. Every key of the
-    configuration can be overridden with CLEANUP_WORKER__SECTION__KEY.
+    configuration can be overridden with CLEANUP_WORKER__SECTION__KEY. Run a command with
+    --help for its options.
     """
     # Values click took from CLEANUP_WORKER_CONFIG / CLEANUP_WORKER_DSN are left to load_config,
     # which reads the same variables and names them (not "--dsn") as the source of a bad value.
@@ -134,7 +158,14 @@ def cli(
     ctx.obj = Globals(config_path, dsn, log_format, log_level, dsn_from_env)
 
 
-@cli.command()
+@cli.command(
+    epilog=_epilog(
+        "cleanup-worker --config config.yaml migrate",
+        "cleanup-worker --dsn postgresql://app@db/chat migrate --with-app-schema",
+        codes="0 applied (or nothing new), 2 configuration error or a queue registered with "
+        "another partition count, 3 database unreachable",
+    )
+)
 @click.option(
     "--with-app-schema",
     is_flag=True,
@@ -162,11 +193,27 @@ def migrate(g: Globals, with_app_schema: bool) -> None:
     _run(go())
 
 
-@cli.command()
+@cli.command(
+    epilog=_epilog(
+        "cleanup-worker --config /etc/cleanup-worker/config.yaml run",
+        codes="0 stopped cleanly after SIGTERM/SIGINT, 1 a loop crashed (a bug: restart it), "
+        "2 configuration error (also: no provider backend configured). A database outage is "
+        "waited out, never an exit",
+    )
+)
 @click.pass_obj
 def run(g: Globals) -> int:
-    """Run the worker until SIGTERM/SIGINT (metrics, /healthz and /readyz on the HTTP port)."""
+    """Run the worker until SIGTERM/SIGINT (metrics, /healthz and /readyz on the HTTP port).
+
+    Refuses to start with a configuration that could not delete anything (no provider
+    backend); `check-config` says the same without starting.
+    """
     config = g.load()
+    if not config.providers.backends:
+        raise ConfigError(
+            "providers.backends: none configured, so nothing could be deleted: add one "
+            "(see config.example.yaml) and check it with `cleanup-worker check-config`"
+        )
 
     async def go() -> int:
         # Refused credentials stop it at once (exit 2); an unreachable database does not: the
@@ -182,7 +229,15 @@ def run(g: Globals) -> int:
     return _run(go())
 
 
-@cli.command()
+@cli.command(
+    epilog=_epilog(
+        "cleanup-worker drain",
+        "cleanup-worker drain --until-empty --max-seconds 900",
+        "cleanup-worker drain --queue mini-chat.chat_cleanup --json",
+        codes="0 clean, 1 this pass produced terminal failures or dead letters, 2 usage or "
+        "configuration error, 3 database unreachable",
+    )
+)
 @click.option(
     "--queue",
     "queue_names",
@@ -209,7 +264,11 @@ def drain(
     until_empty: bool,
     as_json: bool,
 ) -> int:
-    """Process everything due once, then exit: 0 clean, 1 new failures or dead letters."""
+    """Process everything due once, then exit; print what was done, retried and dead-lettered.
+
+    Progress goes to stderr: a bar on a terminal, a plain line every 5 s otherwise (none with
+    --json). "Messages" are outbox messages, not attachment rows.
+    """
     config = g.load()
     known = _queue_names(config)
     unknown = [name for name in queue_names if name not in known]
@@ -223,7 +282,7 @@ def drain(
         from worker.runtime.drain import drain as run_drain
 
         async with open_app(config, environ=dict(os.environ)) as app:
-            with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            with render.DrainProgress(enabled=not as_json) as progress:
                 summary = await run_drain(
                     app,
                     queues=queues,
@@ -240,11 +299,17 @@ def drain(
     return _run(go())
 
 
-@cli.command()
+@cli.command(
+    epilog=_epilog(
+        "cleanup-worker status", "cleanup-worker status --json | jq .top_tenants", codes=CODES_DB
+    )
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(g: Globals, as_json: bool) -> None:
-    """Backlog per queue and partition, leases, retries, dead letters, cleanup debt."""
+    """What is left to do: outbox messages per queue and partition (oldest age, lease holder
+    and expiry), parked retries, dead letters, attachment rows by cleanup_status, vector
+    stores of deleted chats, and the tenants with the most cleanup left."""
     config = g.load()
 
     async def go() -> None:
@@ -260,17 +325,44 @@ def status(g: Globals, as_json: bool) -> None:
     _run(go())
 
 
-@cli.group("dead-letters")
+@cli.group(
+    "dead-letters",
+    epilog=_epilog(
+        "cleanup-worker dead-letters list",
+        "cleanup-worker dead-letters discard --id 42",
+        codes=CODES_DB + " (also: an --id that names no open dead letter)",
+    ),
+)
 def dead_letters() -> None:
     """Inspect and repair messages that could not be processed."""
 
 
-@dead_letters.command("list")
+@dead_letters.command(
+    "list",
+    epilog=_epilog(
+        "cleanup-worker dead-letters list",
+        "cleanup-worker dead-letters list --status resolved --queue mini-chat.chat_cleanup",
+        "cleanup-worker dead-letters list --id 42 --json",
+        codes=CODES_DB,
+    ),
+)
 @click.option("--queue", metavar="Q", help="Only this queue.")
-@click.option("--status", type=click.Choice(dl.STATUSES), default="pending", show_default=True)
+@click.option(
+    "--status",
+    type=click.Choice(dl.STATUSES),
+    default="pending",
+    show_default=True,
+    help="Only dead letters in this state.",
+)
 @click.option("--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable).")
-@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100000),
+    default=100,
+    show_default=True,
+    help="At most this many, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (payload too).")
 @click.pass_obj
 def dl_list(
     g: Globals, queue: str | None, status: str, ids: tuple[int, ...], limit: int, as_json: bool
@@ -295,29 +387,74 @@ def _require_scope(queue: str | None, ids: tuple[int, ...], all_: bool) -> None:
         raise UsageError("say which dead letters: --id N, --queue Q, or --all")
 
 
-@dead_letters.command("replay")
-@click.option("--queue", metavar="Q")
-@click.option("--id", "ids", type=int, multiple=True)
+async def _require_open_ids(conn: Conn, ids: tuple[int, ...]) -> None:
+    """An --id that names no dead letter, or one already closed, is a mistake to report, not
+    "0 done": the operator may have mistyped it or looked at another database."""
+    if not ids:
+        return
+    found = await dl.list_dead_letters(conn, dl.Filter(ids=ids, limit=len(ids)))
+    status = {row.id: row.status for row in found}
+    unknown = sorted(set(ids) - set(status))
+    if unknown:
+        raise UsageError(
+            f"no dead letter with id {', '.join(map(str, unknown))}: "
+            "see `cleanup-worker dead-letters list --status pending`"
+        )
+    closed = sorted(i for i, s in status.items() if s in ("resolved", "discarded"))
+    if closed:
+        raise UsageError(
+            f"dead letter {closed[0]} is already {status[closed[0]]}: only pending ones can be "
+            "replayed or discarded"
+        )
+
+
+@dead_letters.command(
+    "replay",
+    epilog=_epilog(
+        "cleanup-worker dead-letters replay --id 42",
+        "cleanup-worker dead-letters replay --queue mini-chat.chat_cleanup",
+        codes=CODES_DB + " (also: an --id that names no open dead letter)",
+    ),
+)
+@click.option("--queue", metavar="Q", help="The pending dead letters of this queue.")
+@click.option("--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable).")
 @click.option("--all", "all_", is_flag=True, help="Every pending dead letter.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100000),
+    default=1000,
+    show_default=True,
+    help="At most this many in one run.",
+)
 @click.pass_obj
 def dl_replay(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool, limit: int) -> None:
-    """Re-enqueue pending dead letters; they end 'resolved' once processed."""
+    """Re-enqueue pending dead letters; they end 'resolved' once processed.
+
+    After fixing a cause, prefer `retry-failed --all`: it replays only the dead letters whose
+    cleanup is unfinished and also resets failed rows.
+    """
     _require_scope(queue, ids, all_)
     config = g.load()
 
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
+                await _require_open_ids(conn, ids)
                 done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
         click.echo(f"replayed {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
 
 
-@dead_letters.command("discard")
-@click.option("--queue", metavar="Q")
-@click.option("--id", "ids", type=int, multiple=True)
+@dead_letters.command(
+    "discard",
+    epilog=_epilog(
+        "cleanup-worker dead-letters discard --id 42 --id 43",
+        codes=CODES_DB + " (also: an --id that names no open dead letter)",
+    ),
+)
+@click.option("--queue", metavar="Q", help="The pending dead letters of this queue.")
+@click.option("--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable).")
 @click.option("--all", "all_", is_flag=True, help="Every pending dead letter.")
 @click.pass_obj
 def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) -> None:
@@ -328,18 +465,38 @@ def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) 
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
+                await _require_open_ids(conn, ids)
                 done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
         click.echo(f"discarded {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
 
 
-@cli.command("retry-failed")
+@cli.command(
+    "retry-failed",
+    epilog=_epilog(
+        "cleanup-worker retry-failed --all && cleanup-worker drain --until-empty",
+        "cleanup-worker retry-failed --chat-id 6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b",
+        codes=CODES_DB,
+    ),
+)
 @click.option("--chat-id", type=click.UUID, help="Only this chat.")
-@click.option("--all", "all_", is_flag=True, help="Every failed attachment and unfinished chat.")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Every failed attachment, unfinished chat and pending dead letter.",
+)
 @click.pass_obj
 def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
-    """Reset failed cleanups to pending and enqueue their cleanup again."""
+    """The repair after a fix (a revoked key, a wrong route): put all it unblocks back to work.
+
+    Failed attachment rows go back to pending with a fresh attempt budget; pending dead
+    letters whose cleanup is unfinished are replayed, those whose cleanup is already finished
+    are resolved; deleted chats with cleanup left get a new chat-cleanup message. Poison (an
+    invalid payload, a live or mismatching row) stays pending: discard it. The running
+    workers (or one `drain --until-empty`) then do the work.
+    """
     if (chat_id is None) == (not all_):
         raise UsageError("give exactly one of --chat-id ID or --all")
     config = g.load()
@@ -348,22 +505,22 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
                 report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
-        click.echo(
-            f"reset {report.attachments_reset} failed attachment(s); enqueued "
-            f"{report.chat_messages} chat and {report.attachment_messages} attachment "
-            "cleanup message(s)"
-        )
+        click.echo(render.repair_report(report))
 
     _run(go())
 
 
-@cli.command("check-config")
+@cli.command(
+    "check-config",
+    epilog=_epilog(
+        "cleanup-worker --config /etc/cleanup-worker/config.yaml check-config",
+        codes="0 all good, 2 a configuration problem, 3 the database cannot be reached",
+    ),
+)
 @click.pass_obj
 def check_config_cmd(g: Globals) -> int:
-    """Validate the configuration and reach the database; processes nothing.
-
-    Exit 0 all good, 2 a configuration problem, 3 the database cannot be reached.
-    """
+    """Validate the configuration (routes, keys, database) and reach the database; processes
+    nothing."""
     config = g.load()
     report = _run(check_config(config, environ=dict(os.environ)))
     click.echo(report.render())
@@ -372,7 +529,14 @@ def check_config_cmd(g: Globals) -> int:
     return 0 if report.ok else EXIT_USAGE
 
 
-@cli.command()
+@cli.command(
+    epilog=_epilog(
+        "cleanup-worker demo",
+        "cleanup-worker demo --keep --json",
+        codes="0 the demo ran (its failures and dead letters are part of the show), 1 it could "
+        "not run (no PostgreSQL could be started), 2 usage error",
+    )
+)
 @click.option(
     "--chats",
     type=click.IntRange(1, 5000),
@@ -388,8 +552,18 @@ def check_config_cmd(g: Globals) -> int:
     show_default=True,
     help="Share of provider files whose delete meets an injected fault.",
 )
-@click.option("--max-seconds", type=click.FloatRange(min=1), default=60, show_default=True)
-@click.option("--keep", is_flag=True, help="Leave the database running and print its DSN.")
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Stop the drain after this long.",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the database running; print its DSN and how to stop it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def demo(
@@ -414,24 +588,28 @@ def demo(
     # The summary is the demo's output; per-message log lines would drown it.
     base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
     options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
-    with contextlib.ExitStack() as stack:
+    with (
+        contextlib.ExitStack() as stack,
+        render.DrainProgress(enabled=not as_json) as progress,
+    ):
         # Only an explicit --dsn: a CLEANUP_WORKER_DSN exported for real work (production!)
         # must never receive demo data.
         dsn, stop_hint = ("" if g.dsn_from_env else g.dsn or ""), ""
         if not dsn:
+            progress.note("demo: starting a throwaway PostgreSQL (a few seconds) ...")
             dsn, stop_hint = _start_demo_database(stack, keep=keep)
         fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))
-        if not as_json:
-            click.echo(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}", err=True)
-        with render.DrainProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            summary = _run(
-                demo_mod.run_demo(base, options, dsn=dsn, fake=fake, progress=progress.update)
+        progress.note(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}")
+        summary = _run(
+            demo_mod.run_demo(
+                base, options, dsn=dsn, fake=fake, progress=progress.update, note=progress.note
             )
-        click.echo(
-            json.dumps(summary, indent=2, default=str)
-            if as_json
-            else render.demo_summary(summary, dsn=dsn, keep=keep, stop_hint=stop_hint)
         )
+    shown = redact(dsn)
+    if as_json:
+        _emit_json(render.demo_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
+    else:
+        click.echo(render.demo_summary(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
 
 
 def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
@@ -453,14 +631,26 @@ def exit_code(exc: CleanupWorkerError) -> int:
     return EXIT_FAILED
 
 
+def _one_line(exc: click.ClickException) -> str:
+    """Click's three-line Usage/Try/Error, as one line that says where to read more."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{message.rstrip('.')}: see `{ctx.command_path} --help`"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a documented exit code for every known failure."""
     try:
         result = cli.main(args=argv, prog_name="cleanup-worker", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: show what it offers
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"cleanup-worker: {_one_line(exc)}", err=True)
         sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
     except CleanupWorkerError as exc:
         click.echo(f"cleanup-worker: {exc}", err=True)

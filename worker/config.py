@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import math
 import operator
 import re
 import types
 import typing
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
@@ -526,6 +528,11 @@ class _Loader:
             problems = [(n, f"not used by {kind} backends", n) for n in unused if getattr(e, n)]
             if kind == "azure":
                 problems += _azure_surface_problems(e, full)
+            if kind == "azure":
+                for name in ("endpoint", "base_url"):
+                    url = getattr(e, name)
+                    if url and not _secure_or_loopback(url):
+                        problems.append((name, _AZURE_HTTPS, name))
             if keys == 2:
                 problems.append(
                     ("api_key_file", "conflicts with api_key_env: set only one", "api_key_env")
@@ -643,6 +650,26 @@ def _azure_surface_problems(
         if problem is not None:
             problems.append(("api_version", problem, "api_version"))
     return problems
+
+
+_AZURE_HTTPS = (
+    "Azure endpoints need https:// (the api-key header would cross the network in clear "
+    "text); http:// is accepted only for a loopback test server"
+)
+
+
+def _secure_or_loopback(url: str) -> bool:
+    """https, or plain http to this machine only (the local test and demo servers)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | None, *, environ: Mapping[str, str], dsn: str | None = None) -> Config:

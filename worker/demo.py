@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
@@ -49,6 +51,7 @@ class Tenant:
     id: UUID
     name: str
     backend: str  # the storage_backend label its rows carry
+    setup: str  # what is special about its routing, for the summary
 
 
 @dataclass
@@ -65,10 +68,10 @@ def demo_tenants(rng: random.Random) -> list[Tenant]:
         return UUID(int=rng.getrandbits(128), version=4)
 
     return [
-        Tenant(tid(), "acme (OpenAI)", "openai"),
-        Tenant(tid(), "globex (OpenAI)", "openai"),
-        Tenant(tid(), "initech (Azure, own endpoint)", "azure"),
-        Tenant(tid(), "umbrella (OpenAI, key revoked)", "openai"),
+        Tenant(tid(), "acme", "openai", "shared key"),
+        Tenant(tid(), "globex", "openai", "shared key"),
+        Tenant(tid(), "initech", "azure", "own endpoint"),
+        Tenant(tid(), "umbrella", "openai", "key revoked"),
     ]
 
 
@@ -251,19 +254,18 @@ async def _enqueue_poison(conn: Conn, queues: Queues) -> int:
 async def read_summary(
     conn: Conn, fake: FakeOpenAI, world: World, seconds: float
 ) -> dict[str, Any]:
-    """The result, from the database and the server's request log only."""
-    names = {t.id: t.name for t in world.tenants}
+    """The result, from the database and the server's request log only (stable snake_case
+    keys, counts as numbers: ``demo --json`` prints it as it is)."""
     deleted_files = {r.resource_id for r in fake.deletes("file")}
-    deleted_stores = {r.resource_id for r in fake.deletes("vector_store")}
     cur = await conn.execute(
-        "SELECT tenant_id, storage_backend, provider_file_id, cleanup_status FROM attachments"
+        "SELECT tenant_id, provider_file_id, cleanup_status FROM attachments"
         " WHERE cleanup_status IS NOT NULL"
     )
-    per_tenant: dict[str, Counter[str]] = {}
-    for tenant_id, backend, file_id, status in await cur.fetchall():
-        counts = per_tenant.setdefault(f"{names.get(tenant_id, tenant_id)} [{backend}]", Counter())
-        counts["files deleted"] += file_id in deleted_files
-        counts[f"cleanup {status}"] += 1
+    counts: dict[UUID, Counter[str]] = {t.id: Counter() for t in world.tenants}
+    for tenant_id, file_id, status in await cur.fetchall():
+        tenant = counts.setdefault(tenant_id, Counter())
+        tenant["files_deleted"] += file_id in deleted_files
+        tenant[f"attachments_{status}"] += 1
     cur = await conn.execute(
         "SELECT count(*) FROM chat_vector_stores v JOIN chats c ON c.id = v.chat_id"
         " WHERE c.deleted_at IS NOT NULL"
@@ -272,27 +274,53 @@ async def read_summary(
     cur = await conn.execute(
         "SELECT d.last_error FROM modkit_outbox_dead_letters d WHERE d.status = 'pending'"
     )
-    dead = [row[0] for row in await cur.fetchall()]
+    reasons = Counter(reason_class(row[0] or "") for row in await cur.fetchall())
     answers = Counter(_answer_class(r.status) for r in fake.requests() if r.resource != "other")
     return {
         "seconds": round(seconds, 1),
-        "per_tenant": {k: dict(v) for k, v in sorted(per_tenant.items())},
-        "vector_stores_deleted": len(deleted_stores),
-        "vector_store_rows_left": row[0] if row else 0,
-        "provider_answers": dict(answers),
-        "dead_letters": dead,
+        "tenants": [
+            {
+                "tenant_id": str(t.id),
+                "name": t.name,
+                "backend": t.backend,
+                "setup": t.setup,
+                **{key: counts[t.id][key] for key in TENANT_COUNTS},
+            }
+            for t in world.tenants
+        ],
+        "vector_stores": {
+            "deleted": len({r.resource_id for r in fake.deletes("vector_store")}),
+            "left": row[0] if row else 0,
+        },
+        "provider_answers": dict(sorted(answers.items())),
+        "dead_letters": {
+            "pending": sum(reasons.values()),
+            "by_reason": [{"reason": r, "count": n} for r, n in reasons.most_common()],
+        },
     }
+
+
+TENANT_COUNTS = ("files_deleted", "attachments_done", "attachments_failed", "attachments_pending")
+_IDS = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?:file-|vs_)[A-Za-z0-9]+"
+)
+_COUNTS = re.compile(r"\b\d+ (attachment\(s\))")
+
+
+def reason_class(reason: str) -> str:
+    """A dead-letter reason without the ids and per-chat counts in it, so identical causes
+    group together."""
+    return _COUNTS.sub(r"N \1", _IDS.sub("<id>", reason))
 
 
 def _answer_class(status: int | None) -> str:
     if status is None:
-        return "connection reset"
-    return {
-        200: "200 deleted",
-        404: "404 already gone",
-        429: "429 rate limited",
-        401: "401 rejected key",
-    }.get(status, f"{status // 100}xx")
+        return "connection_reset"
+    named = {200: "deleted_200", 204: "deleted_204", 404: "not_found_404", 401: "unauthorized_401"}
+    named[429] = "rate_limited_429"
+    if status in named:
+        return named[status]
+    return f"server_error_{status}" if status >= 500 else f"http_{status}"
 
 
 @dataclass(frozen=True)
@@ -304,9 +332,17 @@ class DemoOptions:
 
 
 async def run_demo(
-    base: Config, options: DemoOptions, *, dsn: str, fake: FakeOpenAI, progress: Progress
+    base: Config,
+    options: DemoOptions,
+    *,
+    dsn: str,
+    fake: FakeOpenAI,
+    progress: Progress,
+    note: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Migrate, seed, drain until empty; returns the summary read back from the sources."""
+    """Migrate, seed, drain until empty; returns the summary read back from the sources.
+
+    ``note`` hears each step before it starts, so a person watching never sees a blank screen."""
     rng = random.Random(options.seed)
     tenants = demo_tenants(rng)
     config = demo_config(base, fake, tenants, dsn)
@@ -317,6 +353,7 @@ async def run_demo(
         outbox.chat_queue.name,
         outbox.chat_queue.partitions,
     )
+    note(f"demo: seeding {options.chats} chats for {len(tenants)} tenants ...")
     async with await connect(dsn) as conn:
         await migrate(
             conn, queues=[outbox.attachment_queue, outbox.chat_queue], with_app_schema=True
@@ -324,6 +361,7 @@ async def run_demo(
         world = await seed_world(
             conn, fake, queues, tenants, chats=options.chats, fault_rate=options.fault_rate, rng=rng
         )
+    note("demo: draining (one pass until nothing is left; faults retried with backoff) ...")
     started = time.monotonic()
     async with open_app(config, environ=dict(KEY_ENV)) as app:
         drained = await drain(
@@ -342,7 +380,7 @@ async def run_demo(
             "chats_deleted": world.chats_deleted,
             "attachments_deleted_alone": world.attachments_deleted_alone,
             "poison_messages": world.poison_messages,
-            "faults": dict(world.faults),
+            "faults_injected": dict(sorted(world.faults.items())),
         },
         "drain": drained.as_json(),
     }

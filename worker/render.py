@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,9 @@ import click
 
 if TYPE_CHECKING:
     from worker.outbox.dead_letters import DeadLetter
+    from worker.runtime.drain import DrainProgress as DrainProgressState
     from worker.runtime.drain import DrainSummary
+    from worker.runtime.repair import RepairReport
     from worker.runtime.status import Status
 
 
@@ -34,6 +36,8 @@ def _cell(value: object) -> str:
 
 
 def _age(seconds: float) -> str:
+    if seconds < 0.5:  # "due" / clock skew: never "-0s"
+        return "0s"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
@@ -42,25 +46,44 @@ def _age(seconds: float) -> str:
 
 
 def status(report: Status) -> str:
+    """Counts first (what is left, in one line), then where: queues, retries, dead letters,
+    tenants. "messages" are outbox messages; "attachments" are rows of the chat service."""
+    attachments = report.attachments
+    dead_pending = sum(d.count for d in report.dead_letters if d.status == "pending")
     parts = [
-        "Outbox backlog",
+        f"Left to do: {report.messages()} outbox message(s), {report.retry_rows()} parked for "
+        f"retry, {dead_pending} pending dead letter(s); attachment rows "
+        f"{attachments.get('pending', 0)} pending, {attachments.get('failed', 0)} failed; "
+        f"{report.outstanding_vector_stores} vector store(s) of deleted chats",
+        "",
+        "Outbox backlog (messages not yet processed, per queue and partition)",
         table(
-            ["queue", "partition", "pending", "oldest", "processed_seq", "attempts", "leased_by"],
+            [
+                "queue",
+                "partition",
+                "messages",
+                "oldest",
+                "processed_seq",
+                "lease_attempts",
+                "leased_by",
+                "lease_expires_in",
+            ],
             [
                 [
                     p.queue,
                     p.partition,
-                    p.pending,
+                    p.messages,
                     p.oldest_age_seconds,
                     p.processed_seq,
                     p.attempts,
                     p.leased_by,
+                    p.lease_expires_in_seconds,
                 ]
                 for p in report.partitions
             ],
         ),
         "",
-        "Parked retries",
+        "Parked retries (messages waiting for their next delivery)",
         table(
             ["queue", "due", "parked", "oldest", "next_due_in"],
             [
@@ -78,8 +101,18 @@ def status(report: Status) -> str:
         ),
         "",
         "Attachments by cleanup_status: "
-        + (", ".join(f"{k}={v}" for k, v in sorted(report.attachments.items())) or "none"),
+        + (", ".join(f"{k}={v}" for k, v in sorted(attachments.items())) or "none"),
         f"Vector stores of deleted chats still to delete: {report.outstanding_vector_stores}",
+        "",
+        "Tenants with the most cleanup left (attachment rows and vector stores, most first)",
+        table(
+            ["tenant_id", "attachments_pending", "attachments_failed", "vector_stores_left"],
+            [
+                [t.tenant_id, t.attachments_pending, t.attachments_failed, t.vector_stores_left]
+                for t in report.top_tenants
+            ]
+            or [["-", 0, 0, 0]],
+        ),
     ]
     return "\n".join(parts + _suspected_routes(report))
 
@@ -138,45 +171,109 @@ def id_list(ids: Sequence[int]) -> str:
     return f": {shown}{', ...' if len(ids) > 20 else ''}"
 
 
+def repair_report(report: RepairReport) -> str:
+    """What `retry-failed` put back into work, and what no fix unblocks."""
+    lines = [
+        f"reset {report.attachments_reset} failed attachment(s); enqueued "
+        f"{report.chat_messages} chat and {report.attachment_messages} attachment "
+        "cleanup message(s)",
+        f"dead letters: replayed {report.dead_letters_replayed} whose cleanup is unfinished, "
+        f"resolved {report.dead_letters_resolved} whose cleanup is already finished",
+    ]
+    if report.dead_letters_left:
+        lines.append(
+            f"left {report.dead_letters_left} pending dead letter(s) that no fix unblocks "
+            "(invalid payload, or a row that is live or disagrees): inspect with "
+            "`cleanup-worker dead-letters list`, then `dead-letters discard --id N`"
+        )
+    lines.append("next: cleanup-worker drain --until-empty (or let the running workers do it)")
+    return "\n".join(lines)
+
+
 def drain_summary(summary: DrainSummary) -> str:
     rows = [[queue, s.done, s.retried, s.dead_lettered] for queue, s in summary.queues.items()]
     lines = [
         table(["queue", "done", "retried", "dead_lettered"], rows),
         f"attachments that reached terminal failure in this pass: {summary.attachments_failed}",
-        f"left: {summary.remaining_pending} pending, {summary.remaining_retries} parked for retry"
+        f"left: {summary.remaining_messages} outbox messages unprocessed, "
+        f"{summary.remaining_retries} parked for retry"
         + (" (stopped at --max-seconds)" if summary.timed_out else ""),
-        f"took {summary.seconds:.1f}s",
     ]
+    if summary.dead_letters_resolved:
+        lines.append(
+            f"resolved {summary.dead_letters_resolved} older dead letter(s) whose cleanup is "
+            "now finished"
+        )
+    lines.append(f"took {summary.seconds:.1f}s")
     if not summary.clean:
         lines.append("inspect: cleanup-worker status; cleanup-worker dead-letters list")
     return "\n".join(lines)
 
 
-class DrainProgress:
-    """A progress bar on a terminal (stderr), nothing otherwise; total grows if work arrives."""
+def progress_line(p: DrainProgressState) -> str:
+    """One plain line: done of total (counted up front), rate, ETA, what waits for a retry."""
+    rate = "-" if p.per_second is None else f"{p.per_second:.1f}/s"
+    eta = "-" if p.eta_seconds is None else _duration(p.eta_seconds)
+    percent = 100 * p.finished // p.total if p.total else 100
+    line = (
+        f"{p.finished}/{p.total} messages ({percent}%)  {rate}  ETA {eta}  "
+        f"elapsed {_duration(p.elapsed_seconds)}"
+    )
+    if p.retries_left:
+        line += f"  {p.retries_left} parked for retry"
+    return line
 
-    def __init__(self, *, enabled: bool):
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+class DrainProgress:
+    """Progress of a drain on stderr.
+
+    On a terminal: one line redrawn in place with a bar. Elsewhere (a pipe, a CI log, a
+    Kubernetes job): a plain line every ``every_seconds`` and a last one at the end, so a log
+    shows the pass is alive. ``enabled=False`` (``--json``): nothing.
+    """
+
+    def __init__(self, *, enabled: bool, tty: bool | None = None, every_seconds: float = 5.0):
         self._enabled = enabled
-        self._bar: Any = None
-        self._shown = 0
+        self._tty = sys.stderr.isatty() if tty is None else tty
+        self._every = every_seconds
+        self._last_line = float("-inf")
+        self._latest: DrainProgressState | None = None
+        self._drawn = False
 
     def __enter__(self) -> DrainProgress:
         return self
 
-    def update(self, handled: int, remaining: int) -> None:
+    def note(self, text: str) -> None:
+        """A step before the work starts (so the screen is never blank)."""
+        if self._enabled:
+            click.echo(f"{text}", err=True)
+
+    def update(self, state: DrainProgressState) -> None:
         if not self._enabled:
             return
-        if self._bar is None:
-            self._bar = click.progressbar(
-                length=max(1, handled + remaining),
-                label="draining",
-                file=sys.stderr,
-                show_pos=True,
-            )
-            self._bar.__enter__()
-        self._bar.length = max(self._bar.length, handled + remaining)
-        self._bar.update(handled - self._shown)
-        self._shown = handled
+        self._latest = state
+        if self._tty:
+            self._draw(state)
+        elif time.monotonic() - self._last_line >= self._every:
+            self._last_line = time.monotonic()
+            click.echo(f"draining: {progress_line(state)}", err=True)
+
+    def _draw(self, state: DrainProgressState) -> None:
+        width = 24
+        filled = width * state.finished // state.total if state.total else width
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r\x1b[2Kdraining [{bar}] {progress_line(state)}")
+        sys.stderr.flush()
+        self._drawn = True
 
     def __exit__(
         self,
@@ -184,55 +281,105 @@ class DrainProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(exc_type, exc, tb)
+        if not self._enabled or self._latest is None:
+            return
+        if self._tty:
+            if self._drawn:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+        elif exc_type is None:
+            click.echo(f"drained: {progress_line(self._latest)}", err=True)
+
+
+_ANSWER_LABELS = {
+    "deleted_200": "deleted (200)",
+    "deleted_204": "deleted (204)",
+    "not_found_404": "already gone (404)",
+    "rate_limited_429": "rate limited (429)",
+    "unauthorized_401": "key rejected (401)",
+    "connection_reset": "connection reset",
+}
+_FAULT_LABELS = {
+    "rate_limited": "rate limit (429)",
+    "server_error": "server error (503 x3)",
+    "connection_reset": "connection reset (x2)",
+}
 
 
 def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool, stop_hint: str) -> str:
+    """The demo's result for a person: what was seeded, what happened, per tenant, what is left
+    and why, and what to try next."""
     world, drained = summary["world"], summary["drain"]
-    rows = [
-        [
-            tenant,
-            counts.get("files deleted", 0),
-            counts.get("cleanup done", 0),
-            counts.get("cleanup failed", 0),
-            counts.get("cleanup pending", 0),
-        ]
-        for tenant, counts in summary["per_tenant"].items()
-    ]
-    answers = ", ".join(f"{k}: {v}" for k, v in sorted(summary["provider_answers"].items()))
+    queues = drained["queues"].values()
+    faults = ", ".join(
+        f"{n} {_FAULT_LABELS.get(kind, kind)}" for kind, n in world["faults_injected"].items()
+    )
+    answers = ", ".join(
+        f"{n} {_ANSWER_LABELS.get(key, key.replace('_', ' '))}"
+        for key, n in sorted(summary["provider_answers"].items(), key=lambda kv: -kv[1])
+    )
+    dead = summary["dead_letters"]
+    stores = summary["vector_stores"]
     lines = [
         "",
-        f"Seeded {world['chats']} chats: {world['chats_deleted']} deleted whole, "
-        f"{world['attachments_deleted_alone']} attachments deleted one by one, "
-        f"{world['poison_messages']} poison messages, faults injected: {world['faults']}",
-        f"Drained in {summary['seconds']}s",
+        f"Seeded {world['chats']} chats for {len(summary['tenants'])} tenants: "
+        f"{world['chats_deleted']} chats deleted whole, {world['attachments_deleted_alone']} "
+        f"attachments deleted one by one, {world['poison_messages']} malformed messages.",
+        f"Injected provider faults: {faults or 'none'}.",
+        f"Drained in {summary['seconds']}s: {sum(q['done'] for q in queues)} messages done, "
+        f"{sum(q['retried'] for q in queues)} deliveries retried later (backoff, Retry-After), "
+        f"{sum(q['dead_lettered'] for q in queues)} dead-lettered.",
         "",
-        table(["tenant [backend]", "files deleted", "done", "failed", "pending"], rows),
+        "Per tenant (attachment rows of deleted chats and attachments):",
+        table(
+            ["tenant", "backend", "routing", "files deleted", "cleaned", "failed", "pending"],
+            [
+                [
+                    t["name"],
+                    t["backend"],
+                    t["setup"],
+                    t["files_deleted"],
+                    t["attachments_done"],
+                    t["attachments_failed"],
+                    t["attachments_pending"],
+                ]
+                for t in summary["tenants"]
+            ],
+        ),
         "",
-        f"Vector stores deleted: {summary['vector_stores_deleted']}; "
-        f"left of deleted chats: {summary['vector_store_rows_left']}",
-        f"Provider answers: {answers}",
-        f"Retries: {sum(q['retried'] for q in drained['queues'].values())} deliveries parked "
-        "and retried (backoff with jitter, Retry-After honoured)",
-        f"Dead letters: {len(summary['dead_letters'])}",
-        *(f"  {n:>4} x {reason}" for reason, n in Counter(summary["dead_letters"]).most_common(8)),
+        f"Vector stores: {stores['deleted']} deleted, {stores['left']} left "
+        "(a chat's store goes last, once none of its files is pending).",
+        f"Provider answers: {answers}.",
+        f"Dead letters pending: {dead['pending']}" + (", by reason:" if dead["by_reason"] else ""),
+        *(f"  {d['count']:>4} x {d['reason'][:110]}" for d in dead["by_reason"][:8]),
+        "",
+        "Expected: umbrella's key is revoked, so its files stay failed or pending and its",
+        "messages end as dead letters; the malformed messages are dead letters too. Every other",
+        "tenant is fully cleaned despite the injected faults.",
         "",
     ]
-    target = f"--dsn '{dsn}'"
+    return "\n".join(lines + _demo_next_steps(dsn=dsn, keep=keep, stop_hint=stop_hint))
+
+
+def _demo_next_steps(*, dsn: str, keep: bool, stop_hint: str) -> list[str]:
+    if not keep:
+        return [
+            "Re-run with --keep to keep the database and try the operator's commands on it:",
+            "status, dead-letters list, retry-failed --all (the repair after a fix).",
+        ]
+    target = f"cleanup-worker --dsn '{dsn}'"
+    return [
+        f"The database is still running: {dsn}",
+        f"Inspect:  {target} status",
+        f"          {target} dead-letters list",
+        f"Repair:   {target} retry-failed --all   (once the cause is fixed)",
+        *([f"Stop it:  {stop_hint}"] if stop_hint else []),
+    ]
+
+
+def demo_json(summary: dict[str, Any], *, dsn: str, keep: bool, stop_hint: str) -> dict[str, Any]:
+    """``demo --json``: the summary, plus where the database is when it was kept."""
+    database: dict[str, Any] = {"kept_running": keep}
     if keep:
-        lines += [
-            f"The database is still running: {dsn}",
-            f"Inspect:  cleanup-worker {target} status",
-            f"          cleanup-worker {target} dead-letters list",
-            f"Fix:      cleanup-worker {target} retry-failed --all   (after fixing the key)",
-            *([f"Stop it:  {stop_hint}"] if stop_hint else []),
-        ]
-    else:
-        lines += [
-            "Against a real database, inspect with `cleanup-worker status` and "
-            "`cleanup-worker dead-letters list`,",
-            "and repair with `cleanup-worker retry-failed --all` once the cause is fixed "
-            "(re-run with --keep to try them here).",
-        ]
-    return "\n".join(lines)
+        database |= {"dsn": dsn, "stop_command": stop_hint or None}
+    return summary | {"database": database}

@@ -579,6 +579,22 @@ def promql_problems(expr: str, allowed: set[str]) -> list[str]:
     return problems
 
 
+NAMESPACE_MATCHER = re.compile(r'\bnamespace\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def namespace_filter_problems(expr: str) -> list[str]:
+    """Outside Kubernetes-style scraping series have no namespace label: a dashboard filter on
+    it must also match the empty value, or every panel is empty there."""
+    problems = []
+    for op, value in NAMESPACE_MATCHER.findall(expr):
+        if op != "=~" or not re.fullmatch(value, ""):
+            problems.append(
+                f"namespace{op}{value!r} drops series without a namespace label "
+                '(use namespace=~"${namespace:regex}|")'
+            )
+    return problems
+
+
 def dashboard_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for p in items:
@@ -648,6 +664,8 @@ def cmd_metrics(prometheusrule: str, dashboard_path: str) -> int:
         for pat, repl in GRAFANA_VARS:
             concrete = pat.sub(repl, concrete)
         for p in promql_problems(concrete, allowed):
+            f.add(f"{where}: {p}")
+        for p in namespace_filter_problems(concrete):
             f.add(f"{where}: {p}")
     f.check(n_dash > 0, "dashboard has no PromQL targets")
     return f.finish(

@@ -2,11 +2,12 @@
 -- Each is index-backed or bounded by the (small) number of partitions.
 
 -- name: partition_backlog
--- Per partition: messages not yet processed, the oldest one's age, and the lease.
+-- Per partition: outbox messages not yet processed, the oldest one's age, and the lease (who
+-- holds it and when it expires).
 SELECT p.queue, p.partition,
        (SELECT count(*) FROM modkit_outbox_incoming i WHERE i.partition_id = p.id)
        + (SELECT count(*) FROM modkit_outbox_outgoing o
-          WHERE o.partition_id = p.id AND o.seq > pr.processed_seq) AS pending,
+          WHERE o.partition_id = p.id AND o.seq > pr.processed_seq) AS messages,
        extract(epoch FROM now() - least(
            (SELECT b.created_at FROM modkit_outbox_incoming i
             JOIN modkit_outbox_body b ON b.id = i.body_id
@@ -16,19 +17,24 @@ SELECT p.queue, p.partition,
             WHERE o.partition_id = p.id AND o.seq > pr.processed_seq ORDER BY o.seq LIMIT 1)
        ))::float8 AS oldest_age_seconds,
        pr.processed_seq, pr.attempts, pr.last_error,
-       CASE WHEN pr.locked_until > now() THEN pr.locked_by END AS leased_by
+       CASE WHEN pr.locked_until > now() THEN pr.locked_by END AS leased_by,
+       CASE WHEN pr.locked_until > now()
+            THEN extract(epoch FROM pr.locked_until - now())::float8 END
+           AS lease_expires_in_seconds
 FROM modkit_outbox_partitions p
 JOIN modkit_outbox_processor pr ON pr.partition_id = p.id
 WHERE p.queue = ANY(%(queues)s)
 ORDER BY p.queue, p.partition;
 
 -- name: retry_backlog
--- Parked messages per queue: due now, waiting, and the oldest first failure.
+-- Parked messages per queue: due now, waiting, the oldest first failure, and when the next
+-- waiting one comes due (NULL when none waits: due ones are "due", never a negative delay).
 SELECT p.queue,
        count(*) FILTER (WHERE r.not_before <= now()) AS due,
        count(*) FILTER (WHERE r.not_before > now()) AS parked,
        extract(epoch FROM now() - min(r.created_at))::float8 AS oldest_age_seconds,
-       extract(epoch FROM min(r.not_before) - now())::float8 AS next_due_in_seconds
+       extract(epoch FROM min(r.not_before) FILTER (WHERE r.not_before > now()) - now())::float8
+           AS next_due_in_seconds
 FROM cleanup_worker_retries r
 JOIN modkit_outbox_partitions p ON p.id = r.partition_id
 WHERE p.queue = ANY(%(queues)s)
@@ -54,6 +60,27 @@ GROUP BY cleanup_status;
 SELECT coalesce(cleanup_status, 'none') AS cleanup_status, count(*) AS count
 FROM attachments WHERE deleted_at IS NOT NULL OR cleanup_status IS NOT NULL
 GROUP BY 1;
+
+-- name: tenant_backlog
+-- The tenants with the most cleanup left: attachment rows pending / failed and vector stores of
+-- deleted chats, per tenant (for `status`, not the hot loop).
+WITH files AS (
+    SELECT tenant_id,
+           count(*) FILTER (WHERE cleanup_status = 'pending') AS pending,
+           count(*) FILTER (WHERE cleanup_status = 'failed') AS failed
+    FROM attachments WHERE cleanup_status IN ('pending', 'failed')
+    GROUP BY tenant_id
+), stores AS (
+    SELECT v.tenant_id, count(*) AS left_
+    FROM chat_vector_stores v JOIN chats c ON c.id = v.chat_id
+    WHERE c.deleted_at IS NOT NULL
+    GROUP BY v.tenant_id
+)
+SELECT tenant_id, coalesce(f.pending, 0) AS attachments_pending,
+       coalesce(f.failed, 0) AS attachments_failed, coalesce(s.left_, 0) AS vector_stores_left
+FROM files f FULL JOIN stores s USING (tenant_id)
+ORDER BY coalesce(f.failed, 0) DESC, coalesce(f.pending, 0) + coalesce(s.left_, 0) DESC, tenant_id
+LIMIT %(limit)s;
 
 -- name: outstanding_vector_stores
 -- Vector-store rows of soft-deleted chats: cleanup of those chats is not finished.

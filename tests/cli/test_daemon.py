@@ -249,7 +249,7 @@ async def _finish_with_drain(db: str, fake: FakeOpenAI, tmp_path: Path, total: i
     assert result.code == 0, result
     summary = result.json()
     assert summary["timed_out"] is False
-    assert (summary["remaining_pending"], summary["remaining_retries"]) == (0, 0)
+    assert (summary["remaining_messages"], summary["remaining_retries"]) == (0, 0)
     db_truth = await truth(db)
     assert db_truth["attachments"] == {"done": total}
     assert db_truth["retries"] == {}

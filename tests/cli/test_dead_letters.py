@@ -168,7 +168,8 @@ async def test_discard(db: str, config_file: Path, env: dict[str, str | None]) -
     pending = await ainvoke(_cli(config_file, "dead-letters", "list", "--json"), env)
     assert sorted(e["id"] for e in pending.json()) == ids[1:]
     replay = await ainvoke(_cli(config_file, "dead-letters", "replay", "--id", str(ids[0])), env)
-    assert replay.stdout.strip() == "replayed 0 dead letter(s)"  # discarded stays discarded
+    assert_one_line_error(replay, "already discarded", code=2)  # discarded stays discarded
+    assert (await _dead_letter(db, ids[0]))["status"] == "discarded"
 
     rest = await ainvoke(_cli(config_file, "dead-letters", "discard", "--all"), env)
     assert rest.stdout.strip() == f"discarded 2 dead letter(s): {ids[1]}, {ids[2]}"

@@ -43,7 +43,7 @@ async def test_clean_drain_matches_database_and_provider(
         CQ: {"done": 2, "retried": 0, "dead_lettered": 0},
     }
     assert summary["attachments_failed"] == 0
-    assert (summary["remaining_pending"], summary["remaining_retries"]) == (0, 0)
+    assert (summary["remaining_messages"], summary["remaining_retries"]) == (0, 0)
     assert summary["clean"] is True
     assert summary["timed_out"] is False
     db_truth = await truth(db)
@@ -128,7 +128,7 @@ async def test_retries_are_parked_then_finished_with_until_empty(
     assert summary["queues"][AQ]["retried"] >= 1
     db_truth = await truth(db)
     assert summary["remaining_retries"] == sum(db_truth["retries"].values()) == 1
-    assert summary["remaining_pending"] == db_truth["unprocessed"] == 0
+    assert summary["remaining_messages"] == db_truth["unprocessed"] == 0
     assert db_truth["attachments"] == {"done": 2, "pending": 1}
 
     fake.clear_faults()
@@ -139,7 +139,7 @@ async def test_retries_are_parked_then_finished_with_until_empty(
     assert second.code == 0, second
     summary = second.json()
     assert summary["queues"][AQ] == {"done": 1, "retried": 0, "dead_lettered": 0}
-    assert (summary["remaining_pending"], summary["remaining_retries"]) == (0, 0)
+    assert (summary["remaining_messages"], summary["remaining_retries"]) == (0, 0)
     db_truth = await truth(db)
     assert db_truth["retries"] == {}
     assert db_truth["attachments"] == {"done": 3}
@@ -180,7 +180,7 @@ async def test_queue_filter_leaves_the_other_queue(
     assert list(summary["queues"]) == [AQ]
     assert summary["queues"][AQ]["done"] == 2
     # The chat messages are untouched; their attachments still pending.
-    assert summary["remaining_pending"] == 0  # counted for the drained queue only
+    assert summary["remaining_messages"] == 0  # counted for the drained queue only
     db_truth = await truth(db)
     assert db_truth["unprocessed"] == 2
     assert db_truth["attachments"] == {"done": 2, "pending": 4}
@@ -208,7 +208,8 @@ async def test_missing_schema_is_a_clear_error(config_file: Path, empty_db: str)
 async def test_drain_as_a_process(
     db: str, fake: FakeOpenAI, config_file: Path, env: dict[str, str | None]
 ) -> None:
-    """The real entry point: human summary on stdout, JSON logs on stderr, exit 1 on a reject."""
+    """The real entry point: human summary on stdout, JSON logs and plain progress lines (not a
+    TTY) on stderr, exit 1 on a reject."""
     world = await seed(db, fake, chats=1, files_per_chat=2, singles=2)
     await enqueue_raw(db, CQ, json.dumps({"reason": "chat_soft_delete"}).encode())
 
@@ -220,9 +221,13 @@ async def test_drain_as_a_process(
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:3]}
     assert rows == {AQ: ["2", "0", "0"], CQ: ["1", "0", "1"]}
     assert "attachments that reached terminal failure in this pass: 0" in out
-    assert "left: 0 pending, 0 parked for retry" in out
+    assert "left: 0 outbox messages unprocessed, 0 parked for retry" in out
     assert "inspect: cleanup-worker status; cleanup-worker dead-letters list" in out
-    events = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    progress = [line for line in lines if line.startswith(("draining: ", "drained: "))]
+    assert progress[0].startswith("draining: 0/4 messages (0%)"), progress  # counted up front
+    assert progress[-1].startswith("drained: 4/4 messages (100%)"), progress
+    events = [json.loads(line) for line in lines if line not in progress]
     handled = [e for e in events if e.get("event") == "message_handled"]
     assert len(handled) == 4
     assert {e["outcome"] for e in handled} == {"ok", "reject"}

@@ -17,8 +17,8 @@ from cli.support import (
 from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 PARTITION_KEYS = {
-    "queue", "partition", "pending", "oldest_age_seconds", "processed_seq", "attempts",
-    "last_error", "leased_by",
+    "queue", "partition", "messages", "oldest_age_seconds", "processed_seq", "attempts",
+    "last_error", "leased_by", "lease_expires_in_seconds",
 }  # fmt: skip
 RETRY_KEYS = {"queue", "due", "parked", "oldest_age_seconds", "next_due_in_seconds"}
 DEAD_KEYS = {"queue", "status", "count", "oldest_age_seconds"}
@@ -31,6 +31,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     assert set(report) == {
         "partitions", "retries", "dead_letters", "attachments", "outstanding_vector_stores",
         "suspected_routes",
+        "top_tenants",
     }  # fmt: skip
     assert report["suspected_routes"] == []
     assert [(p["queue"], p["partition"]) for p in report["partitions"]] == [
@@ -38,7 +39,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     ]
     for partition in report["partitions"]:
         assert set(partition) == PARTITION_KEYS
-        assert partition["pending"] == 0
+        assert partition["messages"] == 0
         assert partition["leased_by"] is None
         assert partition["oldest_age_seconds"] is None
     assert report["retries"] == []
@@ -78,7 +79,7 @@ async def test_status_reports_every_kind_of_debt(
     assert result.code == 0, result
     report = result.json()
     db_truth = await truth(db)
-    pending = {(p["queue"], p["partition"]): p["pending"] for p in report["partitions"]}
+    pending = {(p["queue"], p["partition"]): p["messages"] for p in report["partitions"]}
     assert sum(pending.values()) == db_truth["unprocessed"] == 2
     assert all(p["leased_by"] is None for p in report["partitions"])
     seqs = await rows(
@@ -114,6 +115,7 @@ async def test_status_reports_every_kind_of_debt(
     assert dead_section[2].split()[:3] == [AQ, "pending", "2"]
     backlog = text.split("Outbox backlog", 1)[1].split("Parked retries")[0].splitlines()
     assert backlog[1].split() == [
-        "queue", "partition", "pending", "oldest", "processed_seq", "attempts", "leased_by",
+        "queue", "partition", "messages", "oldest", "processed_seq", "lease_attempts",
+        "leased_by", "lease_expires_in",
     ]  # fmt: skip
     assert len([line for line in backlog[2:] if line.strip()]) == 8

@@ -147,7 +147,7 @@ async def test_scraped_metrics_equal_database_and_request_log(db: str, conn: Con
             finally:
                 await server.stop()
         log = fake.requests()
-    assert summary.remaining_pending == summary.remaining_retries == 0
+    assert summary.remaining_messages == summary.remaining_retries == 0
 
     statuses = Counter((r.resource, r.status) for r in log)
     done_with_file = await _scalar(

@@ -47,8 +47,10 @@ class ChatCleanupHandler:
             event = parse_chat_soft_deleted(message.payload, message.payload_type)
         except InvalidPayload as exc:
             return Reject(f"invalid payload: {exc}")
-        structlog.contextvars.bind_contextvars(
-            tenant_id=str(event.tenant_id), chat_id=str(event.chat_id)
+        structlog.contextvars.bind_contextvars(  # the chat service's id: its logs join ours
+            tenant_id=str(event.tenant_id),
+            chat_id=str(event.chat_id),
+            system_request_id=str(event.system_request_id),
         )
         started = time.monotonic()
         outcome = await self._clean(event)

@@ -92,7 +92,7 @@ async def clean_file(
     result = await ctx.provider.delete_file(tenant_id, label, file_id)
     ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
     outcome = await _record(ctx, attachment_id, result)
-    log.info("attachment_cleaned", attachment_id=str(attachment_id), result=type(outcome).__name__)
+    _log_outcome(attachment_id, outcome)
     return outcome
 
 
@@ -108,6 +108,22 @@ async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> D
         "file_kept", attachment_id=str(attachment_id), provider_file_id=file_id, reason=FILE_KEPT
     )
     return Done()
+
+
+def _log_outcome(attachment_id: UUID, outcome: FileOutcome) -> None:
+    """One event name per outcome: a line says what happened without reading its fields."""
+    where = {"attachment_id": str(attachment_id)}
+    match outcome:
+        case Done():
+            log.info("attachment_cleaned", **where)
+        case StillPending(reason=reason):
+            log.info("attachment_cleanup_retrying", **where, reason=str(reason))
+        case Failed(permanent=permanent):
+            log.warning("attachment_cleanup_failed", **where, permanent=permanent)
+        case NotPending():
+            log.info("attachment_cleanup_skipped", **where, why="row already terminal or gone")
+        case _:
+            assert_never(outcome)
 
 
 async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult) -> FileOutcome:

@@ -12,8 +12,12 @@ Event vocabulary (stable: dashboards and tests match on it; context is bound onc
 ``worker_started``       the daemon is up (replica id, HTTP port)
 ``message_handled``      the one canonical line per message outcome: queue, partition, seq,
                          delivery, tenant_id, chat_id / attachment_id, outcome (ok|retry|reject),
-                         reason, duration_ms
-``attachment_cleaned``   one provider file handled: attachment_id, result
+                         reason, duration_ms; chat messages also system_request_id (the chat
+                         service's id of the deletion, to follow it across both services' logs)
+``attachment_cleaned``   a provider file deleted (or already gone) and its row done
+``attachment_cleanup_retrying`` a delete failed transiently; the row stays pending: reason
+``attachment_cleanup_failed``   the row reached terminal ``failed``: permanent (refused) or not
+``attachment_cleanup_skipped``  the delete failed but the row was already terminal or gone
 ``vector_store_cleaned`` a chat's vector store deleted and its row removed
 ``retry_scheduled``      queue, partition, seq, delivery, reason, delay_seconds (after the ack)
 ``dead_lettered``        queue, partition, seq, delivery, reason (after the ack)

@@ -15,16 +15,73 @@ from typing import TYPE_CHECKING, Any
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.outbox.engine import RoundReport
+from worker.producer import Queues
+from worker.runtime.repair import resolve_finished_dead_letters
 from worker.runtime.reporting import record_round
 from worker.runtime.status import Status, read_status
 
 if TYPE_CHECKING:  # the app pulls in the provider SDK; a summary type need not
     from worker.runtime.app import App
 
-Progress = Callable[[int, int], None]  # (handled so far, remaining backlog)
-
 MAX_IDLE_WAIT_SECONDS = 5.0
 PROGRESS_SECONDS = 0.5  # how often a busy pass re-reads the backlog for progress
+RATE_WINDOW_SECONDS = 10.0  # the rate (and so the ETA) is measured over this recent window
+
+
+@dataclass(frozen=True)
+class DrainProgress:
+    """Where a pass stands. ``total`` is counted up front (the backlog when the pass started)
+    and grows only when new messages arrive; a retried delivery is not new work."""
+
+    finished: int  # messages no longer waiting: handled for good, or taken by another replica
+    total: int
+    messages_left: int  # outbox messages not yet processed
+    retries_left: int  # messages parked for a retry
+    elapsed_seconds: float
+    per_second: float | None  # finished per second over the recent window; None until known
+    next_retry_in_seconds: float | None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Left divided by the recent rate; at least the wait for the next parked retry."""
+        left = self.total - self.finished
+        if left <= 0:
+            return 0.0
+        if not self.per_second:
+            return self.next_retry_in_seconds if left == self.retries_left else None
+        return max(left / self.per_second, self.next_retry_in_seconds or 0.0)
+
+
+Progress = Callable[[DrainProgress], None]
+
+
+class _ProgressCounter:
+    """Turns backlog reads into ``DrainProgress``: total up front, rate over a window."""
+
+    def __init__(self, started: float, first: Status):
+        self._started = started
+        self.total = first.messages() + first.retry_rows()
+        self._samples: list[tuple[float, int]] = [(started, 0)]
+
+    def snapshot(self, status: Status, now: float) -> DrainProgress:
+        left = status.messages() + status.retry_rows()
+        self.total = max(self.total, left + self._samples[-1][1])
+        finished = self.total - left
+        self._samples.append((now, finished))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_SECONDS:
+            self._samples.pop(0)
+        since, then = self._samples[0]
+        rate = (finished - then) / (now - since) if now - since >= 1.0 else None
+        nexts = [r.next_due_in_seconds for r in status.retries if r.next_due_in_seconds]
+        return DrainProgress(
+            finished=finished,
+            total=self.total,
+            messages_left=status.messages(),
+            retries_left=status.retry_rows(),
+            elapsed_seconds=now - self._started,
+            per_second=rate,
+            next_retry_in_seconds=max(0.0, min(nexts)) if nexts else None,
+        )
 
 
 @dataclass
@@ -38,8 +95,9 @@ class QueueSummary:
 class DrainSummary:
     queues: dict[str, QueueSummary] = field(default_factory=dict)
     attachments_failed: int = 0  # turned 'failed' during this pass (database truth)
-    remaining_pending: int = 0
+    remaining_messages: int = 0  # outbox messages not processed (not attachment rows)
     remaining_retries: int = 0
+    dead_letters_resolved: int = 0  # pending dead letters whose cleanup turned out finished
     seconds: float = 0.0
     timed_out: bool = False
 
@@ -74,19 +132,22 @@ async def drain(
     started = time.monotonic()
     since = await _database_now(app)
     summary = DrainSummary(queues={queue: QueueSummary() for queue in queues})
-    handled, last_progress = 0, 0.0
+    status = await _status(app, queues)
+    counter = _ProgressCounter(started, status)
+    if progress:  # the work is counted before the first message is handled
+        progress(counter.snapshot(status, time.monotonic()))
+    last_progress = time.monotonic()
     while True:
         report = await _one_round(app, queues)
         summary.add(report)
-        handled += report.handled
         out_of_time = max_seconds is not None and time.monotonic() - started >= max_seconds
         busy = bool(report.handled or report.lost)
         if busy and not out_of_time and time.monotonic() - last_progress < PROGRESS_SECONDS:
             continue
         status = await _status(app, queues)
-        left = status.pending() + status.retry_rows()
+        left = status.messages() + status.retry_rows()
         if progress:
-            progress(handled, left)
+            progress(counter.snapshot(status, time.monotonic()))
             last_progress = time.monotonic()
         if out_of_time:
             summary.timed_out = left > 0
@@ -101,9 +162,10 @@ async def drain(
             wait = min(wait, max(0.0, started + max_seconds - time.monotonic()))
         await asyncio.sleep(wait)
     status = await _status(app, queues)
-    summary.remaining_pending = status.pending()
+    summary.remaining_messages = status.messages()
     summary.remaining_retries = status.retry_rows()
     summary.attachments_failed = await _failed_since(app, since)
+    summary.dead_letters_resolved = await _resolve_finished_dead_letters(app)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 
@@ -133,8 +195,8 @@ async def _partitions_round(app: App, queue: str, max_partitions: int) -> RoundR
 
 
 def _wait_for_next_due(status: Status) -> float:
-    """Until the next parked retry is due; briefly when others hold what is pending."""
-    if status.pending():
+    """Until the next parked retry is due; briefly when others hold what is waiting."""
+    if status.messages() or any(r.due for r in status.retries):
         return 0.2
     nexts = [r.next_due_in_seconds for r in status.retries if r.next_due_in_seconds is not None]
     soonest = min(nexts, default=MAX_IDLE_WAIT_SECONDS)
@@ -145,6 +207,21 @@ async def _status(app: App, queues: Sequence[str]) -> Status:
     with translate_errors():
         async with app.pool.connection() as conn:
             return await read_status(conn, queues, all_attachments=False)
+
+
+async def _resolve_finished_dead_letters(app: App) -> int:
+    """A pass may have finished what an older dead letter asked for: resolve it, so the
+    dead-letter alerts stop firing for work that is done."""
+    outbox = app.config.outbox
+    queues = Queues(
+        outbox.attachment_queue.name,
+        outbox.attachment_queue.partitions,
+        outbox.chat_queue.name,
+        outbox.chat_queue.partitions,
+    )
+    with translate_errors():
+        async with app.pool.connection() as conn:
+            return await resolve_finished_dead_letters(conn, queues)
 
 
 async def _database_now(app: App) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,12 +23,13 @@ from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
 class PartitionStatus:
     queue: str
     partition: int
-    pending: int
+    messages: int  # outbox messages not yet processed (incoming + after the cursor)
     oldest_age_seconds: float | None
     processed_seq: int
     attempts: int
     last_error: str | None
     leased_by: str | None
+    lease_expires_in_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class RetryStatus:
     due: int
     parked: int
     oldest_age_seconds: float | None
-    next_due_in_seconds: float | None
+    next_due_in_seconds: float | None  # the next parked (not yet due) one; None if none waits
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,16 @@ class SuspectedRoute:
 
 
 @dataclass(frozen=True)
+class TenantStatus:
+    """One tenant's cleanup left: attachment rows (not messages) and vector stores."""
+
+    tenant_id: UUID
+    attachments_pending: int
+    attachments_failed: int
+    vector_stores_left: int
+
+
+@dataclass(frozen=True)
 class Status:
     partitions: list[PartitionStatus]
     retries: list[RetryStatus]
@@ -71,9 +83,11 @@ class Status:
     attachments: dict[str, int] = field(default_factory=dict)
     outstanding_vector_stores: int = 0
     suspected_routes: list[SuspectedRoute] = field(default_factory=list)
+    top_tenants: list[TenantStatus] = field(default_factory=list)
 
-    def pending(self, queue: str | None = None) -> int:
-        return sum(p.pending for p in self.partitions if queue in (None, p.queue))
+    def messages(self, queue: str | None = None) -> int:
+        """Outbox messages not yet processed (attachment rows are ``attachments``)."""
+        return sum(p.messages for p in self.partitions if queue in (None, p.queue))
 
     def retry_rows(self, queue: str | None = None) -> int:
         return sum(r.due + r.parked for r in self.retries if queue in (None, r.queue))
@@ -82,8 +96,14 @@ class Status:
         return asdict(self)
 
 
+TOP_TENANTS = 10
+
+
 async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: bool) -> Status:
-    """One consistent-enough read of every backlog (not a single snapshot: it is a gauge)."""
+    """One consistent-enough read of every backlog (not a single snapshot: it is a gauge).
+
+    ``all_attachments`` (the ``status`` command, not the gauges' hot loop) also counts done
+    rows and reads the per-tenant view."""
     params = {"queues": list(queues)}
     partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
     retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
@@ -92,7 +112,11 @@ async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: boo
     attachments = {status: int(n) for status, n in await _rows(conn, counts, {})}
     vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
     suspected = await read_suspected_routes(conn)
-    return Status(partitions, retries, dead, attachments, int(vector_stores), suspected)
+    tenants = []
+    if all_attachments:
+        found = await _rows(conn, "tenant_backlog", {"limit": TOP_TENANTS})
+        tenants = [TenantStatus(*row) for row in found]
+    return Status(partitions, retries, dead, attachments, int(vector_stores), suspected, tenants)
 
 
 async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -122,7 +146,7 @@ def backlog_snapshot(status: Status) -> BacklogSnapshot:
             dead_count[kind] = dead_count.get(kind, 0) + d.count
             dead_age[kind] = max(dead_age.get(kind, 0.0), d.oldest_age_seconds or 0.0)
     return BacklogSnapshot(
-        outbox_backlog={queue: status.pending(queue) for queue in queues},
+        outbox_backlog={queue: status.messages(queue) for queue in queues},
         outbox_oldest_pending_age_seconds={queue: oldest.get(queue, 0.0) for queue in queues},
         retry_due={r.queue: r.due for r in status.retries},
         retry_parked={r.queue: r.parked for r in status.retries},
