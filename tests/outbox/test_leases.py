@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -53,7 +54,7 @@ async def test_lease_held_during_batch_and_released_after_ack(pool, conn):
     assert report.leases_lost == 0
     assert len(during) == 2
     for row in during:
-        assert row["locked_by"] == engine.worker_id
+        assert row["locked_by"].startswith(engine.worker_id + "/")  # + this acquisition
         assert row["lease_live"] is True
         assert row["attempts"] == 1
         assert row["processed_seq"] == 0
@@ -96,7 +97,7 @@ async def test_crash_leaves_attempts_and_lock_then_next_owner_sees_second_delive
 
     row = await processor_row(conn, AQ, 2)
     assert row["attempts"] == 1
-    assert row["locked_by"] == "crashed-worker"
+    assert row["locked_by"].startswith("crashed-worker/")
     assert row["processed_seq"] == 0
 
     # While the dead worker's lease runs, nobody else gets the partition.
@@ -120,7 +121,8 @@ async def test_multiple_crashes_accumulate_attempts(pool, conn):
     await expire_lease(conn, AQ, 0)
     assert await _crash(pool, "crash-2", [1]) == 2
     row = await processor_row(conn, AQ, 0)
-    assert (row["attempts"], row["locked_by"], row["processed_seq"]) == (2, "crash-2", 0)
+    assert (row["attempts"], row["processed_seq"]) == (2, 0)
+    assert row["locked_by"].startswith("crash-2/")
 
     await expire_lease(conn, AQ, 0)
     await drain(engine, AQ)
@@ -205,8 +207,8 @@ async def test_lost_lease_by_concurrent_sql_update(pool, conn):
     await asyncio.wait_for(started.wait(), 5)
     await conn.execute(
         "UPDATE modkit_outbox_processor SET locked_by = 'other-replica',"
-        " locked_until = now() + interval '1 minute' WHERE locked_by = %s",
-        (engine.worker_id,),
+        " locked_until = now() + interval '1 minute' WHERE locked_by LIKE %s",
+        (engine.worker_id + "/%",),
     )
     release.set()
     report = await asyncio.wait_for(task, 10)
@@ -239,7 +241,7 @@ async def test_slow_batch_keeps_its_lease_through_heartbeats(pool, conn):
         assert report.handled == 0
         row = await processor_row(conn, AQ, 2)
         if not task.done():
-            assert row["locked_by"] == owner.worker_id
+            assert row["locked_by"].startswith(owner.worker_id + "/")
         polls += 1
         await asyncio.sleep(0.1)
 
@@ -258,10 +260,10 @@ async def test_release_without_progress_gives_the_attempt_back(pool, conn):
     await engine.sequence()
     [lease] = await processor.lease_partitions(pool, AQ, worker_id="me", lease_seconds=30, limit=4)
     assert (lease.partition, lease.processed_seq, lease.attempts) == (0, 0, 1)
-    # Only the holder can release.
-    await processor.release_lease(pool, lease, worker_id="somebody-else")
-    assert (await processor_row(conn, AQ, 0))["locked_by"] == "me"
-    await processor.release_lease(pool, lease, worker_id="me")
+    # Only the holder (this acquisition's token) can release.
+    await processor.release_lease(pool, replace(lease, token="somebody-else"))
+    assert (await processor_row(conn, AQ, 0))["locked_by"] == lease.token
+    await processor.release_lease(pool, lease)
     row = await processor_row(conn, AQ, 0)
     assert (row["attempts"], row["locked_by"], row["locked_until"]) == (0, None, None)
     assert row["processed_seq"] == 0

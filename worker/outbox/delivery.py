@@ -35,6 +35,7 @@ class Envelope:
     partition_id: int
     dead_letter_id: int | None = None
     retry_id: int | None = None
+    retry_token: str | None = None  # fencing token of the retry row's lease
 
 
 @dataclass(frozen=True)

@@ -171,19 +171,16 @@ class Engine:
             # No await from here to run_all, which counts the messages as unfinished.
             self._runner.unreserve(limit)
         if not envelopes:
-            await processor.release_lease(self.lease_pool, lease, worker_id=self.worker_id)
+            await processor.release_lease(self.lease_pool, lease)
             return RoundReport()
 
         async def extend() -> bool:
             return await processor.extend_lease(
-                self.lease_pool,
-                lease,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
+                self.lease_pool, lease, lease_seconds=self.settings.lease_seconds
             )
 
         settled = await self._handle(envelopes, extend, abort)
-        acked = await processor.ack_batch(self.lease_pool, lease, settled, worker_id=self.worker_id)
+        acked = await processor.ack_batch(self.lease_pool, lease, settled)
         if acked:
             return RoundReport(settled, partitions=1)
         return RoundReport(lost=settled, partitions=1)
@@ -205,19 +202,15 @@ class Engine:
         )
         if not envelopes:
             return RoundReport()
-        ids = [e.retry_id for e in envelopes if e.retry_id is not None]
 
         async def extend() -> bool:
             held = await retrier.extend_retry_leases(
-                self.lease_pool,
-                ids,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
+                self.lease_pool, envelopes, lease_seconds=self.settings.lease_seconds
             )
-            return len(held) == len(ids)
+            return len(held) == len(envelopes)
 
         settled = await self._handle(envelopes, extend, abort or asyncio.Event())
-        held = await retrier.ack_retries(self.lease_pool, settled, worker_id=self.worker_id)
+        held = await retrier.ack_retries(self.lease_pool, settled)
         return RoundReport(
             settled=[s for s in settled if s.handled.envelope.retry_id in held],
             lost=[s for s in settled if s.handled.envelope.retry_id not in held],
