@@ -21,6 +21,7 @@ import structlog
 
 from worker.errors import DatabaseUnavailable
 from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
 
@@ -256,6 +257,12 @@ class Runner:
         return Handled(envelope, outcome, seconds)
 
     async def _call(self, message: Message) -> Outcome:
+        if (size := len(message.payload)) > MAX_PAYLOAD_BYTES:
+            # Enqueue enforces the limit, but other producers write the tables directly: never
+            # parse what no valid message can be (a 50 MB payload would stall every slot).
+            return Reject(
+                f"payload of {size} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit (not parsed)"
+            )
         handler = self._handlers.get(message.queue)
         if handler is None:
             return Reject(f"no handler for queue {message.queue!r}")
