@@ -136,6 +136,9 @@ WITH acked AS (
 ), counted AS (
     UPDATE modkit_outbox_vacuum_counter v SET counter = v.counter + 1
     FROM acked WHERE v.partition_id = acked.partition_id
+), settled AS (  -- the batch's outcomes are persisted: its crash records are done with
+    DELETE FROM cleanup_worker_deliveries d USING acked
+    WHERE d.partition_id = acked.partition_id AND d.seq <= %(last_seq)s
 )
 SELECT count(*) AS acked FROM acked;
 
@@ -188,16 +191,21 @@ WITH o AS (
     DELETE FROM cleanup_worker_retries r USING o
     WHERE o.kind IN ('ok', 'reject') AND r.partition_id = o.partition_id AND r.seq = o.seq
     RETURNING r.id
+), crashes_folded AS (  -- counted into deliveries (parked rows) or done with (the others)
+    DELETE FROM cleanup_worker_deliveries d USING o
+    WHERE d.partition_id = o.partition_id AND d.seq = o.seq
 )
 SELECT (SELECT count(*) FROM new_dead) + (SELECT count(*) FROM dead_again) AS dead_lettered,
        (SELECT count(*) FROM parked) AS parked,
        (SELECT count(*) FROM resolved) AS resolved;
 
 -- name: lease_due_retries
--- Lease up to n parked messages whose time has come, oldest due first; counts a delivery.
--- locked_by is a fencing token per row and acquisition, as for partitions (lease_partitions).
+-- Lease up to n parked messages whose time has come, oldest due first. locked_by is a fencing
+-- token per row and acquisition, as for partitions (lease_partitions). A delivery is counted
+-- only when the row's previous lease ended with an outcome: after an expired lease (a crash, a
+-- lost lease) the number is reused and the row is "suspect", handled alone (isolation.py).
 WITH due AS (
-    SELECT r.id FROM cleanup_worker_retries r
+    SELECT r.id, r.locked_by IS NOT NULL AS suspect FROM cleanup_worker_retries r
     JOIN modkit_outbox_partitions p ON p.id = r.partition_id
     WHERE p.queue = ANY(%(queues)s)
       AND r.not_before <= now()
@@ -209,11 +217,11 @@ WITH due AS (
 UPDATE cleanup_worker_retries r
 SET locked_by = %(worker_id)s || '/' || gen_random_uuid(),
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
-    deliveries = r.deliveries + 1, updated_at = now()
+    deliveries = r.deliveries + CASE WHEN due.suspect THEN 0 ELSE 1 END, updated_at = now()
 FROM due, modkit_outbox_partitions p
 WHERE r.id = due.id AND p.id = r.partition_id
-RETURNING r.id, r.locked_by, p.queue, p.partition, r.partition_id, r.seq, r.payload,
-          r.payload_type, r.created_at, r.deliveries, r.dead_letter_id;
+RETURNING r.id, r.locked_by, due.suspect, p.queue, p.partition, r.partition_id, r.seq,
+          r.payload, r.payload_type, r.created_at, r.deliveries, r.dead_letter_id;
 
 -- name: extend_retry_leases
 -- Heartbeat for leased retry rows; returns the ones these acquisitions still hold.
@@ -229,6 +237,21 @@ SELECT r.id FROM cleanup_worker_retries r
 JOIN unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS mine(id, token)
   ON r.id = mine.id AND r.locked_by = mine.token
 FOR UPDATE OF r;
+
+-- name: delivery_started
+-- Handling of a suspect message starts (committed before the handler runs); returns how often
+-- it started before without finishing: the times handling it alone killed the process.
+INSERT INTO cleanup_worker_deliveries AS d (partition_id, seq, started)
+VALUES (%(partition_id)s, %(seq)s, 1)
+ON CONFLICT (partition_id, seq) DO UPDATE
+SET started = d.started + 1, updated_at = now()
+RETURNING d.started - 1 - d.finished AS crashes;
+
+-- name: delivery_finished
+-- Handling of a suspect message returned (whatever the outcome): it did not kill the process.
+UPDATE cleanup_worker_deliveries
+SET finished = finished + 1, updated_at = now()
+WHERE partition_id = %(partition_id)s AND seq = %(seq)s;
 
 -- name: vacuum_candidates
 -- Partitions that advanced their cursor since the last vacuum.

@@ -72,7 +72,7 @@ async def test_concurrent_migrations_all_succeed_with_one_set_of_rows(empty_db):
             "modkit_outbox_partitions": 8,
             "modkit_outbox_processor": 8,
             "modkit_outbox_vacuum_counter": 8,
-            "cleanup_worker_migrations": 3,
+            "cleanup_worker_migrations": 4,
         }
 
 

@@ -37,6 +37,9 @@ class Envelope:
     dead_letter_id: int | None = None
     retry_id: int | None = None
     retry_token: str | None = None  # fencing token of the retry row's lease
+    # Its previous lease ended without an outcome (a crash, a lost lease): handled alone, so
+    # a message that kills the process is found (isolation.py).
+    suspect: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from worker.config import OutboxConfig
 from worker.models import Handler
 from worker.outbox import processor, retrier
 from worker.outbox.delivery import Envelope, Handled, RetryPolicy, Runner, Settled, settle
+from worker.outbox.isolation import run_alone
 from worker.outbox.leases import heartbeat
 from worker.outbox.maintenance import sequence_queues, vacuum
 
@@ -37,6 +38,7 @@ class EngineSettings:
     concurrency: int
     retry: RetryPolicy
     handler_budget_seconds: float
+    max_handler_crashes: int = 3  # process deaths while handled alone before a dead letter
 
     @classmethod
     def from_config(cls, outbox: OutboxConfig) -> EngineSettings:
@@ -49,6 +51,7 @@ class EngineSettings:
             ),
             # The heartbeat keeps the lease while a handler runs; this bounds a hung one.
             handler_budget_seconds=outbox.lease_seconds,
+            max_handler_crashes=outbox.max_handler_crashes,
         )
 
 
@@ -219,6 +222,19 @@ class Engine:
     async def _handle(
         self, envelopes: Sequence[Envelope], extend: processor.Extend, abort: asyncio.Event
     ) -> list[Settled]:
+        """Run the batch: trusted messages concurrently, suspect ones alone (isolation.py)."""
+        trusted = [e for e in envelopes if not e.suspect]
+        suspect = [e for e in envelopes if e.suspect]
         async with heartbeat(extend, lease_seconds=self.settings.lease_seconds):
-            handled: list[Handled] = await self._runner.run_all(envelopes, abort)
+            together, alone = await asyncio.gather(
+                self._runner.run_all(trusted, abort),
+                run_alone(
+                    self._runner,
+                    self.lease_pool,
+                    suspect,
+                    abort,
+                    max_crashes=self.settings.max_handler_crashes,
+                ),
+            )
+        handled: list[Handled] = [*together, *alone]
         return [settle(h, self.settings.retry, self._rng) for h in handled]

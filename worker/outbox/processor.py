@@ -64,10 +64,11 @@ async def read_batch(
                 bytes(payload),
                 payload_type,
                 created_at,
-                delivery=lease.attempts,
+                delivery=1,  # + the crashes it caused, if suspect (isolation.py)
             ),
             partition_id=lease.partition_id,
             dead_letter_id=dead_letter_id,
+            suspect=lease.attempts > 1,  # the previous acquisition ended without an ack
         )
         for seq, payload, payload_type, created_at, dead_letter_id in rows
     ]

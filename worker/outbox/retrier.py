@@ -42,10 +42,12 @@ async def lease_due_retries(
             dead_letter_id=dead_letter_id,
             retry_id=retry_id,
             retry_token=token,
+            suspect=suspect,
         )
         for (
             retry_id,
             token,
+            suspect,
             queue,
             partition,
             partition_id,

@@ -1,0 +1,71 @@
+"""Per-message delivery counts (SPEC §13): lease churn never uses up a message's deliveries.
+
+A lease that expires (a crash, a takeover) is the partition's business; a message's delivery
+count only grows when an outcome of that message was persisted, or when handling it alone
+killed the process (poison-pill isolation, see test_poison.py).
+"""
+
+from __future__ import annotations
+
+from worker.models import Message, Retry, RetryReason
+from worker.outbox import processor, retrier
+
+from .helpers import (
+    AQ,
+    Recorder,
+    dead_letters,
+    drain,
+    enqueue_many,
+    expire_lease,
+    make_engine,
+    make_retries_due,
+    processor_row,
+    retry_rows,
+)
+
+CHURN = 7  # expired leases before a healthy replica gets the message (max_deliveries is 5)
+
+
+def _transient(message: Message) -> Retry:
+    return Retry(RetryReason.SERVER_ERROR, "503")
+
+
+async def test_expired_partition_leases_do_not_use_up_a_messages_deliveries(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(2))
+    engine = make_engine(pool, {AQ: (handler := Recorder(_transient))})
+    await engine.sequence()
+    for n in range(CHURN):  # replicas lease, read and die (or are frozen) before any outcome
+        [lease] = await processor.lease_partitions(
+            pool, AQ, worker_id=f"churn-{n}", lease_seconds=30, limit=1
+        )
+        assert len(await processor.read_batch(pool, lease, limit=100)) == 2
+        await expire_lease(conn, AQ, 0)
+    assert (await processor_row(conn, AQ, 0))["attempts"] == CHURN
+
+    report = await drain(engine, AQ)
+
+    assert report.handled == 2
+    assert [m.delivery for m in handler.seen] == [1, 1]
+    assert await dead_letters(conn) == []  # a first transient error is retried, not fatal
+    assert [r["deliveries"] for r in await retry_rows(conn)] == [1, 1]
+    assert (await processor_row(conn, AQ, 0))["attempts"] == 0
+
+
+async def test_expired_retry_row_leases_do_not_use_up_a_messages_deliveries(pool, conn):
+    await enqueue_many(conn, AQ, 0, range(1))
+    engine = make_engine(pool, {AQ: (handler := Recorder(_transient))})
+    await drain(engine, AQ)  # delivery 1 -> parked
+    for n in range(CHURN):  # the parked message's row lease is taken and lost, no outcome
+        await make_retries_due(conn)
+        assert await retrier.lease_due_retries(
+            pool, [AQ], worker_id=f"churn-{n}", lease_seconds=30, limit=10
+        )
+        await conn.execute("UPDATE cleanup_worker_retries SET locked_until = now() - interval '1s'")
+    await make_retries_due(conn)
+
+    report = await engine.process_retries(limit=10)
+
+    assert report.handled == 1
+    assert [m.delivery for m in handler.seen] == [1, 2]
+    assert await dead_letters(conn) == []
+    assert [r["deliveries"] for r in await retry_rows(conn)] == [2]
