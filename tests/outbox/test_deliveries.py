@@ -7,8 +7,15 @@ killed the process (poison-pill isolation, see test_poison.py).
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
+from psycopg_pool import AsyncConnectionPool
+
 from worker.models import Message, Retry, RetryReason
 from worker.outbox import processor, retrier
+from worker.outbox.delivery import Runner
+from worker.outbox.isolation import run_alone
 
 from .helpers import (
     AQ,
@@ -69,3 +76,25 @@ async def test_expired_retry_row_leases_do_not_use_up_a_messages_deliveries(pool
     assert [m.delivery for m in handler.seen] == [1, 2]
     assert await dead_letters(conn) == []
     assert [r["deliveries"] for r in await retry_rows(conn)] == [2]
+
+
+async def test_a_suspect_message_is_not_handled_while_its_start_cannot_be_recorded(pool, conn):
+    """Handled unrecorded, a message that kills the process would never be caught: it is
+    retried instead (reason database) and its handler is not called."""
+    await enqueue_many(conn, AQ, 0, range(1))
+    await make_engine(pool, {AQ: None}).sequence()
+    [lease] = await processor.lease_partitions(pool, AQ, worker_id="W", lease_seconds=30, limit=1)
+    [envelope] = await processor.read_batch(pool, lease, limit=10)
+    handler = Recorder()
+    runner = Runner({AQ: handler}, concurrency=4, budget_seconds=5.0)
+    unreachable = "postgresql://nobody@/cw?host=/nonexistent/cleanup-worker-sock&port=5432"
+    async with AsyncConnectionPool(
+        unreachable, min_size=0, max_size=1, timeout=0.5, open=False
+    ) as down:
+        [handled] = await run_alone(
+            runner, down, [replace(envelope, suspect=True)], asyncio.Event(), max_crashes=3
+        )
+    assert handler.seen == []
+    assert isinstance(handled.outcome, Retry)
+    assert handled.outcome.reason is RetryReason.DATABASE
+    assert "database unavailable" in handled.outcome.detail
