@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import structlog
 from psycopg_pool import AsyncConnectionPool
+from structlog.testing import capture_logs
 
 from worker.models import Message, Retry, RetryReason
 from worker.outbox import processor, retrier
@@ -49,13 +51,21 @@ async def test_expired_partition_leases_do_not_use_up_a_messages_deliveries(pool
         await expire_lease(conn, AQ, 0)
     assert (await processor_row(conn, AQ, 0))["attempts"] == CHURN
 
-    report = await drain(engine, AQ)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        report = await drain(engine, AQ)
 
     assert report.handled == 2
     assert [m.delivery for m in handler.seen] == [1, 1]
     assert await dead_letters(conn) == []  # a first transient error is retried, not fatal
     assert [r["deliveries"] for r in await retry_rows(conn)] == [1, 1]
     assert (await processor_row(conn, AQ, 0))["attempts"] == 0
+    # Handled alone, and the log says why delivery 1 is not the first handling.
+    assert [e["messages"] for e in logs if e["event"] == "handling_alone"] == [2]
+    handled = [e for e in logs if e["event"] == "message_handled"]
+    assert [(e["seq"], e["delivery"], e.get("redelivered")) for e in handled] == [
+        (1, 1, True),
+        (2, 1, True),
+    ]
 
 
 async def test_expired_retry_row_leases_do_not_use_up_a_messages_deliveries(pool, conn):

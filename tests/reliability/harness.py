@@ -1248,7 +1248,9 @@ async def check_leases(
                 stale += 1  # lost to a takeover: this worker's ack must fail
             else:
                 outside.append(f"{r.name} {e['queue']}[{e['partition']}]#{seq} at {e['timestamp']}")
-            if int(e.get("delivery", 1)) == 1:
+            # A batch redelivered after a lease that ended without an ack keeps delivery 1
+            # (lease churn is not a delivery) and says so: not a first delivery handled twice.
+            if int(e.get("delivery", 1)) == 1 and not e.get("redelivered"):
                 first_deliveries[(pid, seq)] += 1
     twice = sum(1 for n in first_deliveries.values() if n > 1)
     figures = {

@@ -252,6 +252,8 @@ class Runner:
             seq=message.seq,
             delivery=message.delivery,
         )
+        if envelope.suspect:  # handled alone after a lease that ended without an ack
+            structlog.contextvars.bind_contextvars(redelivered=True)
         async with self._slots:
             started = time.monotonic()
             outcome = await self._call(message)
