@@ -2,8 +2,7 @@
 
 One ack transaction per batch: advance the cursor past the whole batch (guarded by the lease's
 fencing token and the cursor position the lease read), then persist dead letters and parked
-retries. A retried message never holds
-its partition back; it waits in the retry table instead.
+retries. A retried message never holds its partition back; it waits in the retry table instead.
 """
 
 from __future__ import annotations
