@@ -22,6 +22,7 @@ from worker.outbox.isolation import run_alone
 from .helpers import (
     AQ,
     Recorder,
+    count,
     dead_letters,
     drain,
     enqueue_many,
@@ -108,3 +109,36 @@ async def test_a_suspect_message_is_not_handled_while_its_start_cannot_be_record
     assert isinstance(handled.outcome, Retry)
     assert handled.outcome.reason is RetryReason.DATABASE
     assert "database unavailable" in handled.outcome.detail
+
+
+async def test_parked_message_that_killed_the_process_is_dead_lettered_its_neighbour_proceeds(
+    pool, conn
+):
+    """The retry path isolates like the partition path: rows whose lease expired are handled
+    alone, and one with max_handler_crashes recorded deaths is dead-lettered unhandled."""
+    await enqueue_many(conn, AQ, 0, range(2))
+    first = make_engine(pool, {AQ: Recorder(_transient)})
+    await drain(first, AQ)  # both parked after delivery 1
+    await make_retries_due(conn)
+    await retrier.lease_due_retries(pool, [AQ], worker_id="died", lease_seconds=30, limit=10)
+    await conn.execute("UPDATE cleanup_worker_retries SET locked_until = now() - interval '1s'")
+    # Handled alone twice before, seq 1 never finished: it took the process down both times.
+    await conn.execute(
+        "INSERT INTO cleanup_worker_deliveries (partition_id, seq, started, finished)"
+        " SELECT partition_id, seq, 2, CASE WHEN seq = 1 THEN 0 ELSE 2 END"
+        " FROM cleanup_worker_retries"
+    )
+    engine = make_engine(pool, {AQ: (handler := Recorder())}, max_handler_crashes=2)
+
+    report = await engine.process_retries(limit=10)
+
+    assert report.handled == 2
+    assert [(m.seq, m.delivery) for m in handler.seen] == [(2, 2)]  # never blamed
+    [dead] = await dead_letters(conn)
+    assert (dead["seq"], dead["attempts"]) == (1, 4)  # 2 deliveries + 2 deaths
+    assert dead["last_error"] == (
+        "handling it killed the worker process 2 times"
+        " (outbox.max_handler_crashes = 2); not handled again"
+    )
+    assert await retry_rows(conn) == []
+    assert await count(conn, "cleanup_worker_deliveries") == 0
