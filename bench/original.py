@@ -125,7 +125,9 @@ class OriginalModel:
             if last_done is None:
                 await conn.execute(sql.q("original_release"), guard)
             else:
-                await conn.execute(q("advance_cursor"), guard | {"last_seq": last_done})
+                # Our ack statement: the original's lease has no token, its locked_by is one.
+                ack = {"token": self._worker_id, "read_seq": processed_seq, "last_seq": last_done}
+                await conn.execute(q("advance_cursor"), guard | ack)
         return "retry" if stopped_by_retry else "busy"
 
 

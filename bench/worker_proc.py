@@ -119,16 +119,18 @@ async def _sql_round(
     lease = await cur.fetchone()
     if lease is None:
         return False
-    partition_id, _, processed_seq, attempts = lease
+    partition_id, _, processed_seq, _, token = lease
     read = {"partition_id": partition_id, "after_seq": processed_seq, "limit": batch}
     cur = await conn.execute(q("read_batch"), read)
     rows = await cur.fetchall()
-    guard = {"partition_id": partition_id, "worker_id": worker_id, "attempts": attempts}
+    guard = {"partition_id": partition_id, "token": token}
     if not rows:
         await conn.execute(q("release_lease"), guard)
         return False
     async with conn.transaction():
-        await conn.execute(q("advance_cursor"), guard | {"last_seq": rows[-1][0]})
+        await conn.execute(
+            q("advance_cursor"), guard | {"last_seq": rows[-1][0], "read_seq": processed_seq}
+        )
     return True
 
 

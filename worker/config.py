@@ -81,6 +81,8 @@ class OutboxConfig:
     vacuum_interval_seconds: float = 60.0
     shutdown_grace_seconds: float = 20.0
     retry: RetryConfig = field(default_factory=RetryConfig)
+    # Process deaths while a message was handled alone before it is dead-lettered (poison pill).
+    max_handler_crashes: int = 3
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (OutboxConfig, "poll_interval_seconds"): _SECONDS,
     (OutboxConfig, "vacuum_interval_seconds"): _range(0, 86400, open_lo=True),
     (OutboxConfig, "shutdown_grace_seconds"): _SECONDS,
+    (OutboxConfig, "max_handler_crashes"): _range(1, 100, integer=True),
     (CleanupConfig, "max_attempts"): _range(1, 999, integer=True),
     (CircuitBreakerConfig, "failure_threshold"): _range(1, 1000, integer=True),
     (CircuitBreakerConfig, "cooldown_seconds"): _range(0, 3600, open_lo=True),

@@ -133,14 +133,55 @@ def _suspected_routes(report: Status) -> list[str]:
     ]
 
 
+# Dead letters hold whatever a producer wrote, including what the worker refused to parse
+# (100k-deep nesting, megabytes). Only a small, shallow JSON payload is shown as JSON; anything
+# else is shown as text, cut at this many characters.
+MAX_PAYLOAD_CHARS_SHOWN = 2000
+MAX_PAYLOAD_BYTES_PARSED = 64 * 1024
+MAX_PAYLOAD_DEPTH_PARSED = 64
+
+
 def dead_letter_json(row: DeadLetter) -> dict[str, Any]:
     data = {k: v for k, v in vars(row).items() if k != "payload"}
-    text = row.payload.decode("utf-8", errors="replace")
-    try:
-        data["payload"] = json.loads(text)
-    except ValueError:
-        data["payload"] = text
+    data["payload"] = shown_payload(row.payload)
     return data
+
+
+def shown_payload(payload: bytes) -> object:
+    """The payload as JSON when it is small and shallow enough to parse safely, else as text."""
+    text = payload.decode("utf-8", errors="replace")
+    if len(payload) <= MAX_PAYLOAD_BYTES_PARSED and _json_depth(text) <= MAX_PAYLOAD_DEPTH_PARSED:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    if len(text) <= MAX_PAYLOAD_CHARS_SHOWN:
+        return text
+    return f"{text[:MAX_PAYLOAD_CHARS_SHOWN]}... [{len(payload)} bytes, truncated]"
+
+
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings; stops counting past the parse limit."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_PAYLOAD_DEPTH_PARSED:
+                break
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def dead_letters(rows: Sequence[DeadLetter]) -> str:

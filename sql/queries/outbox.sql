@@ -75,7 +75,9 @@ WHERE p.queue = ANY(%(queues)s)
 
 -- name: lease_partitions
 -- Lease up to n free (or expired) partitions of a queue that have unprocessed messages.
--- Partitions without work are never written to, so idle polls raise no attempts.
+-- Partitions without work are never written to, so idle polls raise no attempts. locked_by is
+-- the fencing token: the worker id (unique per process boot) plus a random UUID per acquisition,
+-- so an old acquisition of the same process can never pass as the current one.
 WITH candidate AS (
     SELECT pr.partition_id FROM modkit_outbox_processor pr
     JOIN modkit_outbox_partitions p ON p.id = pr.partition_id
@@ -90,12 +92,12 @@ WITH candidate AS (
     FOR UPDATE OF pr SKIP LOCKED
 )
 UPDATE modkit_outbox_processor pr
-SET locked_by = %(worker_id)s,
+SET locked_by = %(worker_id)s || '/' || gen_random_uuid(),
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
     attempts = pr.attempts + 1
 FROM candidate, modkit_outbox_partitions p
 WHERE pr.partition_id = candidate.partition_id AND p.id = candidate.partition_id
-RETURNING pr.partition_id, p.partition, pr.processed_seq, pr.attempts;
+RETURNING pr.partition_id, p.partition, pr.processed_seq, pr.attempts, pr.locked_by;
 
 -- name: read_batch
 -- The next messages after the cursor, with the dead letter they replay, if any.
@@ -108,34 +110,35 @@ ORDER BY o.seq
 LIMIT %(limit)s;
 
 -- name: extend_lease
--- Heartbeat: keep a partition while this acquisition of the lease still holds it. A lease is
--- identified by holder AND the attempts it set: the same process may lease a partition again
--- after its own lease expired, and the stale batch must not act under the new lease.
+-- Heartbeat: keep a partition while this acquisition (its fencing token) still holds it.
 UPDATE modkit_outbox_processor
 SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
-WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
-  AND attempts = %(attempts)s
+WHERE partition_id = %(partition_id)s AND locked_by = %(token)s
 RETURNING partition_id;
 
 -- name: release_lease
 -- Give a partition back without progress (nothing to do, or shutting down): no attempt counted.
 UPDATE modkit_outbox_processor
 SET attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL
-WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
-  AND attempts = %(attempts)s;
+WHERE partition_id = %(partition_id)s AND locked_by = %(token)s;
 
 -- name: advance_cursor
--- The ack guard: move the cursor past the batch and release, only while we hold the lease.
+-- The ack guard: move the cursor past the batch and release, only while this acquisition holds
+-- the lease AND the cursor is still where its lease read it (a compare-and-set: never backwards,
+-- never over a batch someone else acked).
 WITH acked AS (
     UPDATE modkit_outbox_processor
     SET processed_seq = %(last_seq)s, attempts = 0, last_error = NULL,
         locked_by = NULL, locked_until = NULL
-    WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s
-      AND attempts = %(attempts)s
+    WHERE partition_id = %(partition_id)s AND locked_by = %(token)s
+      AND processed_seq = %(read_seq)s AND %(last_seq)s > %(read_seq)s
     RETURNING partition_id
 ), counted AS (
     UPDATE modkit_outbox_vacuum_counter v SET counter = v.counter + 1
     FROM acked WHERE v.partition_id = acked.partition_id
+), settled AS (  -- the batch's outcomes are persisted: its crash records are done with
+    DELETE FROM cleanup_worker_deliveries d USING acked
+    WHERE d.partition_id = acked.partition_id AND d.seq <= %(last_seq)s
 )
 SELECT count(*) AS acked FROM acked;
 
@@ -156,6 +159,10 @@ WITH o AS (
         (partition_id, seq, payload, payload_type, created_at, last_error, attempts)
     SELECT partition_id, seq, payload, payload_type, created_at, error, least(deliveries, 32767)
     FROM o WHERE kind = 'reject' AND dead_letter_id IS NULL
+      AND NOT EXISTS (  -- one dead letter per message, however often its outcome is recorded
+          SELECT 1 FROM modkit_outbox_dead_letters d
+          WHERE d.partition_id = o.partition_id AND d.seq = o.seq
+      )
     RETURNING id
 ), dead_again AS (
     UPDATE modkit_outbox_dead_letters d
@@ -184,15 +191,21 @@ WITH o AS (
     DELETE FROM cleanup_worker_retries r USING o
     WHERE o.kind IN ('ok', 'reject') AND r.partition_id = o.partition_id AND r.seq = o.seq
     RETURNING r.id
+), crashes_folded AS (  -- counted into deliveries (parked rows) or done with (the others)
+    DELETE FROM cleanup_worker_deliveries d USING o
+    WHERE d.partition_id = o.partition_id AND d.seq = o.seq
 )
 SELECT (SELECT count(*) FROM new_dead) + (SELECT count(*) FROM dead_again) AS dead_lettered,
        (SELECT count(*) FROM parked) AS parked,
        (SELECT count(*) FROM resolved) AS resolved;
 
 -- name: lease_due_retries
--- Lease up to n parked messages whose time has come, oldest due first; counts a delivery.
+-- Lease up to n parked messages whose time has come, oldest due first. locked_by is a fencing
+-- token per row and acquisition, as for partitions (lease_partitions). A delivery is counted
+-- only when the row's previous lease ended with an outcome: after an expired lease (a crash, a
+-- lost lease) the number is reused and the row is "suspect", handled alone (isolation.py).
 WITH due AS (
-    SELECT r.id FROM cleanup_worker_retries r
+    SELECT r.id, r.locked_by IS NOT NULL AS suspect FROM cleanup_worker_retries r
     JOIN modkit_outbox_partitions p ON p.id = r.partition_id
     WHERE p.queue = ANY(%(queues)s)
       AND r.not_before <= now()
@@ -202,26 +215,43 @@ WITH due AS (
     FOR UPDATE OF r SKIP LOCKED
 )
 UPDATE cleanup_worker_retries r
-SET locked_by = %(worker_id)s,
+SET locked_by = %(worker_id)s || '/' || gen_random_uuid(),
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
-    deliveries = r.deliveries + 1, updated_at = now()
+    deliveries = r.deliveries + CASE WHEN due.suspect THEN 0 ELSE 1 END, updated_at = now()
 FROM due, modkit_outbox_partitions p
 WHERE r.id = due.id AND p.id = r.partition_id
-RETURNING r.id, p.queue, p.partition, r.partition_id, r.seq, r.payload, r.payload_type,
-          r.created_at, r.deliveries, r.dead_letter_id;
+RETURNING r.id, r.locked_by, due.suspect, p.queue, p.partition, r.partition_id, r.seq,
+          r.payload, r.payload_type, r.created_at, r.deliveries, r.dead_letter_id;
 
 -- name: extend_retry_leases
--- Heartbeat for leased retry rows; returns the ones this process still holds.
-UPDATE cleanup_worker_retries
+-- Heartbeat for leased retry rows; returns the ones these acquisitions still hold.
+UPDATE cleanup_worker_retries r
 SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s) AND locked_by = %(worker_id)s
-RETURNING id;
+FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS mine(id, token)
+WHERE r.id = mine.id AND r.locked_by = mine.token
+RETURNING r.id;
 
 -- name: lock_own_retries
--- The retrier's ack guard: the leased rows this process still holds, locked for the ack.
-SELECT id FROM cleanup_worker_retries
-WHERE id = ANY(%(ids)s) AND locked_by = %(worker_id)s
-FOR UPDATE;
+-- The retrier's ack guard: the leased rows these acquisitions still hold, locked for the ack.
+SELECT r.id FROM cleanup_worker_retries r
+JOIN unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS mine(id, token)
+  ON r.id = mine.id AND r.locked_by = mine.token
+FOR UPDATE OF r;
+
+-- name: delivery_started
+-- Handling of a suspect message starts (committed before the handler runs); returns how often
+-- it started before without finishing: the times handling it alone killed the process.
+INSERT INTO cleanup_worker_deliveries AS d (partition_id, seq, started)
+VALUES (%(partition_id)s, %(seq)s, 1)
+ON CONFLICT (partition_id, seq) DO UPDATE
+SET started = d.started + 1, updated_at = now()
+RETURNING d.started - 1 - d.finished AS crashes;
+
+-- name: delivery_finished
+-- Handling of a suspect message returned (whatever the outcome): it did not kill the process.
+UPDATE cleanup_worker_deliveries
+SET finished = finished + 1, updated_at = now()
+WHERE partition_id = %(partition_id)s AND seq = %(seq)s;
 
 -- name: vacuum_candidates
 -- Partitions that advanced their cursor since the last vacuum.

@@ -8,14 +8,19 @@ really run at the same time.
 * ``drain DSN --peers N --expected M``: run a full engine on both cleanup queues until M
   messages were handled and nothing is left; the handler logs enter/exit times per message in
   ``drain_log``.
+* ``poison DSN --peers 1 --max-crashes N``: run an engine on the attachment queue until its
+  partitions are processed; the handler SIGKILLs its own process on a payload with
+  ``"poison": true`` and logs every other message it handled in ``poison_log``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import signal
 import sys
 import time
 
@@ -113,17 +118,59 @@ async def drain(dsn: str, peers: int, expected: int, lease_seconds: float, batch
                 raise SystemExit("did not drain in time")
 
 
+async def poison(dsn: str, max_crashes: int) -> None:
+    async with AsyncConnectionPool(
+        dsn, min_size=1, max_size=6, kwargs={"autocommit": True}, open=False
+    ) as pool:
+
+        async def handler(message: Message) -> Ok:
+            if json.loads(message.payload).get("poison"):
+                os.kill(os.getpid(), signal.SIGKILL)  # a segfault, an OOM kill: no outcome
+            await _one(
+                pool,
+                "INSERT INTO poison_log (pid, seq, delivery) VALUES (%s, %s, %s) RETURNING pid",
+                (os.getpid(), message.seq, message.delivery),
+            )
+            return Ok()
+
+        settings = EngineSettings(
+            batch_size=100,
+            lease_seconds=30.0,
+            concurrency=8,
+            retry=RetryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
+            handler_budget_seconds=30.0,
+            max_handler_crashes=max_crashes,
+        )
+        engine = Engine(pool, {QUEUES[0]: handler}, settings)
+        await _barrier(pool, 1)
+        await engine.sequence()
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while await _one(
+            pool,
+            "SELECT EXISTS (SELECT 1 FROM modkit_outbox_processor pr"
+            " JOIN modkit_outbox_partitions p ON p.id = pr.partition_id"
+            " WHERE p.queue = %s AND pr.processed_seq < p.sequence)",
+            (QUEUES[0],),
+        ):
+            await engine.process_partitions(QUEUES[0], max_partitions=4)
+            if time.monotonic() > deadline:
+                raise SystemExit("did not finish in time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["sequence", "drain"])
+    parser.add_argument("mode", choices=["sequence", "drain", "poison"])
     parser.add_argument("dsn")
     parser.add_argument("--peers", type=int, required=True)
     parser.add_argument("--expected", type=int, default=0)
     parser.add_argument("--lease-seconds", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--max-crashes", type=int, default=3)
     args = parser.parse_args()
     if args.mode == "sequence":
         asyncio.run(sequence(args.dsn, args.peers))
+    elif args.mode == "poison":
+        asyncio.run(poison(args.dsn, args.max_crashes))
     else:
         asyncio.run(drain(args.dsn, args.peers, args.expected, args.lease_seconds, args.batch))
 

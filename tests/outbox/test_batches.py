@@ -272,3 +272,38 @@ async def test_handler_returning_a_non_outcome_is_a_handler_error_not_a_stuck_pa
     [parked] = await retry_rows(conn)
     assert parked["seq"] == 2
     assert "NoneType" in parked["last_error"]
+
+
+async def _enqueue_as_another_producer(conn, queue: str, partition: int, data: bytes) -> None:
+    """Write body + incoming rows directly, as the chat service's producer does (no limit)."""
+    await conn.execute(
+        "WITH body AS (INSERT INTO modkit_outbox_body (payload, payload_type)"
+        "   VALUES (%s, 'application/json') RETURNING id)"
+        " INSERT INTO modkit_outbox_incoming (partition_id, body_id)"
+        " SELECT p.id, body.id FROM body, modkit_outbox_partitions p"
+        " WHERE p.queue = %s AND p.partition = %s",
+        (data, queue, partition),
+    )
+
+
+async def test_payload_over_64_kib_is_dead_lettered_unparsed_and_its_neighbours_proceed(pool, conn):
+    limit = 64 * 1024
+    huge = b'{"n": 1, "pad": "' + b"x" * (50 * 1024 * 1024) + b'"}'  # 50 MB of valid JSON
+    just_over = payload(2, pad="y" * limit)
+    exactly = payload(3, pad="")
+    exactly = exactly[:-1] + b" " * (limit - len(exactly)) + b"}"
+    assert (len(huge) > limit, len(just_over) > limit, len(exactly)) == (True, True, limit)
+    for data in (payload(0), huge, just_over, exactly):
+        await _enqueue_as_another_producer(conn, AQ, 1, data)
+    handler = Recorder()
+    report = await drain(make_engine(pool, {AQ: handler}), AQ)
+
+    assert report.handled == 4
+    assert handler.seqs() == [1, 4]  # the handler never saw the oversized two
+    dead = await dead_letters(conn)
+    assert [(d["seq"], d["last_error"]) for d in dead] == [
+        (2, f"payload of {len(huge)} bytes exceeds the {limit}-byte limit (not parsed)"),
+        (3, f"payload of {len(just_over)} bytes exceeds the {limit}-byte limit (not parsed)"),
+    ]
+    assert bytes(dead[0]["payload"]) == huge  # kept whole for the operator: nothing lost
+    assert (await processor_row(conn, AQ, 1))["processed_seq"] == 4

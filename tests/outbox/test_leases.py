@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -29,15 +30,17 @@ from .helpers import (
 )
 
 
-async def _crash(pool, worker_id: str, expected_seqs: list[int]) -> int:
-    """Lease the queue's only busy partition and read its batch, then never ack (a crash)."""
+async def _crash(pool, worker_id: str, expected_seqs: list[int]) -> bool:
+    """Lease the queue's only busy partition and read its batch, then never ack (a crash).
+    Returns whether the batch was suspect (its previous lease had ended without an ack)."""
     leases = await processor.lease_partitions(
         pool, AQ, worker_id=worker_id, lease_seconds=30, limit=4
     )
     assert len(leases) == 1
     batch = await processor.read_batch(pool, leases[0], limit=100)
     assert [e.message.seq for e in batch] == expected_seqs
-    return batch[0].message.delivery
+    assert {e.message.delivery for e in batch} == {1}  # lease churn is not a delivery
+    return batch[0].suspect
 
 
 async def test_lease_held_during_batch_and_released_after_ack(pool, conn):
@@ -54,7 +57,7 @@ async def test_lease_held_during_batch_and_released_after_ack(pool, conn):
     assert report.leases_lost == 0
     assert len(during) == 2
     for row in during:
-        assert row["locked_by"] == engine.worker_id
+        assert row["locked_by"].startswith(engine.worker_id + "/")  # + this acquisition
         assert row["lease_live"] is True
         assert row["attempts"] == 1
         assert row["processed_seq"] == 0
@@ -89,15 +92,15 @@ async def test_idle_polls_do_not_raise_attempts_or_write_processor_rows(pool, co
     assert {row["locked_by"] for row in after} == {None}
 
 
-async def test_crash_leaves_attempts_and_lock_then_next_owner_sees_second_delivery(pool, conn):
+async def test_crash_leaves_attempts_and_lock_then_next_owner_handles_the_batch_alone(pool, conn):
     await enqueue_many(conn, AQ, 2, range(2))
     engine = make_engine(pool, {AQ: (handler := Recorder())})
     await engine.sequence()
-    assert await _crash(pool, "crashed-worker", [1, 2]) == 1
+    assert await _crash(pool, "crashed-worker", [1, 2]) is False
 
     row = await processor_row(conn, AQ, 2)
     assert row["attempts"] == 1
-    assert row["locked_by"] == "crashed-worker"
+    assert row["locked_by"].startswith("crashed-worker/")
     assert row["processed_seq"] == 0
 
     # While the dead worker's lease runs, nobody else gets the partition.
@@ -108,31 +111,43 @@ async def test_crash_leaves_attempts_and_lock_then_next_owner_sees_second_delive
     await expire_lease(conn, AQ, 2)
     report = await engine.process_partitions(AQ, max_partitions=4)
     assert report.handled == 2
-    assert [m.delivery for m in handler.seen] == [2, 2]
+    # Delivered again, one by one (isolation.py), still as the messages' first deliveries.
+    assert [m.delivery for m in handler.seen] == [1, 1]
     row = await processor_row(conn, AQ, 2)
     assert (row["processed_seq"], row["attempts"], row["locked_by"]) == (2, 0, None)
+    assert await count(conn, "cleanup_worker_deliveries") == 0  # forgotten with the ack
 
 
-async def test_multiple_crashes_accumulate_attempts(pool, conn):
+async def test_multiple_crashes_accumulate_attempts_but_not_deliveries(pool, conn):
     await enqueue_many(conn, AQ, 0, range(1))
     engine = make_engine(pool, {AQ: (handler := Recorder())})
     await engine.sequence()
-    assert await _crash(pool, "crash-1", [1]) == 1
+    assert await _crash(pool, "crash-1", [1]) is False
     await expire_lease(conn, AQ, 0)
-    assert await _crash(pool, "crash-2", [1]) == 2
+    assert await _crash(pool, "crash-2", [1]) is True
     row = await processor_row(conn, AQ, 0)
-    assert (row["attempts"], row["locked_by"], row["processed_seq"]) == (2, "crash-2", 0)
+    assert (row["attempts"], row["processed_seq"]) == (2, 0)
+    assert row["locked_by"].startswith("crash-2/")
 
     await expire_lease(conn, AQ, 0)
     await drain(engine, AQ)
-    assert [m.delivery for m in handler.seen] == [3]
+    assert [m.delivery for m in handler.seen] == [1]  # no handling of it ever finished or died
     row = await processor_row(conn, AQ, 0)
     assert (row["attempts"], row["locked_by"], row["processed_seq"]) == (0, None, 1)
 
 
 async def test_success_after_crash_resets_attempts_for_the_next_batch(pool, conn):
     await enqueue_many(conn, AQ, 3, range(1))
-    engine = make_engine(pool, {AQ: (handler := Recorder())})
+    recorded: list[int] = []  # delivery rows of the message while its handler runs
+
+    async def look(message: Message):
+        cur = await conn.execute(
+            "SELECT count(*) FROM cleanup_worker_deliveries WHERE seq = %s", (message.seq,)
+        )
+        recorded.append((await cur.fetchone())[0])
+        return Ok()
+
+    engine = make_engine(pool, {AQ: (handler := Recorder(look))})
     await engine.sequence()
     await _crash(pool, "crash-1", [1])
     await expire_lease(conn, AQ, 3)
@@ -141,7 +156,8 @@ async def test_success_after_crash_resets_attempts_for_the_next_batch(pool, conn
 
     await enqueue_many(conn, AQ, 3, range(1, 2))
     await drain(engine, AQ)
-    assert [m.delivery for m in handler.seen] == [2, 1]
+    assert [m.delivery for m in handler.seen] == [1, 1]
+    assert recorded == [1, 0]  # the suspect batch is recorded as it runs, the next one is not
 
 
 async def test_lost_lease_rolls_the_ack_back_and_the_batch_is_delivered_again(pool, conn):
@@ -149,7 +165,7 @@ async def test_lost_lease_rolls_the_ack_back_and_the_batch_is_delivered_again(po
     taken = asyncio.Event()
 
     async def handler(message: Message):
-        if message.delivery == 1:
+        if recorder.seqs().count(message.seq) == 1:  # its first handling
             if not taken.is_set():
                 # Another replica takes the partition over while the batch runs.
                 await conn.execute(
@@ -184,7 +200,7 @@ async def test_lost_lease_rolls_the_ack_back_and_the_batch_is_delivered_again(po
     assert report.handled == 3
     assert report.leases_lost == 0
     assert sorted((m.seq, m.delivery) for m in recorder.seen) == [
-        (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2),
+        (1, 1), (1, 1), (2, 1), (2, 1), (3, 1), (3, 1),
     ]  # fmt: skip
     row = await processor_row(conn, AQ, 1)
     assert (row["processed_seq"], row["locked_by"], row["attempts"]) == (3, None, 0)
@@ -206,8 +222,8 @@ async def test_lost_lease_by_concurrent_sql_update(pool, conn):
     await asyncio.wait_for(started.wait(), 5)
     await conn.execute(
         "UPDATE modkit_outbox_processor SET locked_by = 'other-replica',"
-        " locked_until = now() + interval '1 minute' WHERE locked_by = %s",
-        (engine.worker_id,),
+        " locked_until = now() + interval '1 minute' WHERE locked_by LIKE %s",
+        (engine.worker_id + "/%",),
     )
     release.set()
     report = await asyncio.wait_for(task, 10)
@@ -240,7 +256,7 @@ async def test_slow_batch_keeps_its_lease_through_heartbeats(pool, conn):
         assert report.handled == 0
         row = await processor_row(conn, AQ, 2)
         if not task.done():
-            assert row["locked_by"] == owner.worker_id
+            assert row["locked_by"].startswith(owner.worker_id + "/")
         polls += 1
         await asyncio.sleep(0.1)
 
@@ -259,10 +275,10 @@ async def test_release_without_progress_gives_the_attempt_back(pool, conn):
     await engine.sequence()
     [lease] = await processor.lease_partitions(pool, AQ, worker_id="me", lease_seconds=30, limit=4)
     assert (lease.partition, lease.processed_seq, lease.attempts) == (0, 0, 1)
-    # Only the holder can release.
-    await processor.release_lease(pool, lease, worker_id="somebody-else")
-    assert (await processor_row(conn, AQ, 0))["locked_by"] == "me"
-    await processor.release_lease(pool, lease, worker_id="me")
+    # Only the holder (this acquisition's token) can release.
+    await processor.release_lease(pool, replace(lease, token="somebody-else"))
+    assert (await processor_row(conn, AQ, 0))["locked_by"] == lease.token
+    await processor.release_lease(pool, lease)
     row = await processor_row(conn, AQ, 0)
     assert (row["attempts"], row["locked_by"], row["locked_until"]) == (0, None, None)
     assert row["processed_seq"] == 0

@@ -257,11 +257,17 @@ CREATE TABLE rel_lease_audit (
     old_seq     BIGINT, new_seq BIGINT, -- partitions: the cursor
     reason      TEXT                    -- retry rows: why parked
 );
+-- The worker id of a lease's holder: locked_by is the worker id plus a fencing token (a UUID
+-- per acquisition); the checks below compare holders with the worker ids of the logs.
+CREATE FUNCTION rel_worker(locked_by TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT regexp_replace(locked_by, '/[0-9a-f-]{36}$', '')
+$$;
 CREATE FUNCTION rel_audit_processor() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO rel_lease_audit (kind, op, partition_id, old_by, new_by, old_until, new_until,
                                  old_seq, new_seq)
-    VALUES ('partition', TG_OP, NEW.partition_id, OLD.locked_by, NEW.locked_by,
+    VALUES ('partition', TG_OP, NEW.partition_id,
+            rel_worker(OLD.locked_by), rel_worker(NEW.locked_by),
             OLD.locked_until, NEW.locked_until, OLD.processed_seq, NEW.processed_seq);
     RETURN NULL;
 END $$;
@@ -271,16 +277,18 @@ CREATE FUNCTION rel_audit_retries() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO rel_lease_audit (kind, op, partition_id, seq, new_by, new_until, reason)
-        VALUES ('retry', TG_OP, NEW.partition_id, NEW.seq, NEW.locked_by, NEW.locked_until,
-                NEW.reason);
+        VALUES ('retry', TG_OP, NEW.partition_id, NEW.seq, rel_worker(NEW.locked_by),
+                NEW.locked_until, NEW.reason);
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO rel_lease_audit (kind, op, partition_id, seq, old_by, new_by, old_until,
                                      new_until, reason)
-        VALUES ('retry', TG_OP, NEW.partition_id, NEW.seq, OLD.locked_by, NEW.locked_by,
+        VALUES ('retry', TG_OP, NEW.partition_id, NEW.seq,
+                rel_worker(OLD.locked_by), rel_worker(NEW.locked_by),
                 OLD.locked_until, NEW.locked_until, NEW.reason);
     ELSE
         INSERT INTO rel_lease_audit (kind, op, partition_id, seq, old_by, old_until)
-        VALUES ('retry', TG_OP, OLD.partition_id, OLD.seq, OLD.locked_by, OLD.locked_until);
+        VALUES ('retry', TG_OP, OLD.partition_id, OLD.seq, rel_worker(OLD.locked_by),
+                OLD.locked_until);
     END IF;
     RETURN NULL;
 END $$;
@@ -1240,7 +1248,9 @@ async def check_leases(
                 stale += 1  # lost to a takeover: this worker's ack must fail
             else:
                 outside.append(f"{r.name} {e['queue']}[{e['partition']}]#{seq} at {e['timestamp']}")
-            if int(e.get("delivery", 1)) == 1:
+            # A batch redelivered after a lease that ended without an ack keeps delivery 1
+            # (lease churn is not a delivery) and says so: not a first delivery handled twice.
+            if int(e.get("delivery", 1)) == 1 and not e.get("redelivered"):
                 first_deliveries[(pid, seq)] += 1
     twice = sum(1 for n in first_deliveries.values() if n > 1)
     figures = {

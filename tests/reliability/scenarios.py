@@ -1294,8 +1294,8 @@ async def s6_sigterm_under_load(server: PostgresServer, workdir: Path, size: str
                 held = await h.scalar(
                     c.dsn,
                     "SELECT (SELECT count(*) FROM modkit_outbox_processor"
-                    " WHERE locked_by = %(w)s) + (SELECT count(*) FROM"
-                    " cleanup_worker_retries WHERE locked_by = %(w)s)",
+                    " WHERE rel_worker(locked_by) = %(w)s) + (SELECT count(*) FROM"
+                    " cleanup_worker_retries WHERE rel_worker(locked_by) = %(w)s)",
                     {"w": r.worker_id},
                 )
                 v.require(held == 0, f"{r.name} left {held} leases held")
@@ -1592,9 +1592,10 @@ async def s8_lease_loss(server: PostgresServer, workdir: Path, size: str) -> Res
 
 async def _holder(c: Cluster, replicas: list[h.Replica]) -> h.Replica | None:
     """A replica holding a partition lease right now (a batch in flight), if any."""
-    by = await h.scalar(
-        c.dsn, "SELECT min(locked_by) FROM modkit_outbox_processor WHERE locked_until > now()"
+    query = (
+        "SELECT rel_worker(min(locked_by)) FROM modkit_outbox_processor WHERE locked_until > now()"
     )
+    by = await h.scalar(c.dsn, query)
     return next((r for r in replicas if r.worker_id == by), None)
 
 

@@ -79,12 +79,14 @@ async def test_heartbeat_stops_when_its_batch_ends_even_if_the_pool_swallows_the
         assert row is not None
         partition_id = row[0]
     beats = 0
-    lease = processor.PartitionLease("q", partition_id, 0, processed_seq=0, attempts=0)
+    lease = processor.PartitionLease(
+        "q", partition_id, 0, processed_seq=0, attempts=0, token=WORKER
+    )
 
     async def extend() -> bool:  # what Engine._process_lease gives the heartbeat
         nonlocal beats
         beats += 1
-        return await processor.extend_lease(pool, lease, worker_id=WORKER, lease_seconds=60)
+        return await processor.extend_lease(pool, lease, lease_seconds=60)
 
     async def batch() -> None:
         held = await pool.getconn()
@@ -260,8 +262,11 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
     first_batch_may_finish = asyncio.Event()
     second_batch_started = asyncio.Event()
 
+    calls: dict[int, int] = {}
+
     async def handler(message: Message) -> Outcome:
-        if message.delivery == 1:
+        calls[message.seq] = calls.get(message.seq, 0) + 1
+        if calls[message.seq] == 1:  # lane A's batch
             await first_batch_may_finish.wait()
         else:
             second_batch_started.set()
@@ -285,8 +290,8 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
         # The lease runs out while the batch is stuck (as when the database is away).
         await conn.execute(
             "UPDATE modkit_outbox_processor SET locked_until = now() - interval '1 second'"
-            " WHERE locked_by = %s",
-            (WORKER,),
+            " WHERE locked_by LIKE %s",
+            (WORKER + "/%",),
         )
         lane_b = asyncio.create_task(engine.process_partitions(queue, max_partitions=1))
         await asyncio.wait_for(second_batch_started.wait(), timeout=5)

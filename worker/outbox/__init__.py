@@ -2,4 +2,7 @@
 
 enqueue ─► incoming ─► sequencer ─► outgoing ─► processor (lease, batch, ack) ─► handlers
                                           retry table ◄─┘  └─► dead letters ─► replay
+
+Leases carry a fencing token per acquisition (processor, retrier); a batch redelivered after an
+unacked lease is handled one message at a time so a poison pill is found (isolation).
 """

@@ -21,6 +21,7 @@ import structlog
 
 from worker.errors import DatabaseUnavailable
 from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
 
@@ -35,6 +36,10 @@ class Envelope:
     partition_id: int
     dead_letter_id: int | None = None
     retry_id: int | None = None
+    retry_token: str | None = None  # fencing token of the retry row's lease
+    # Its previous lease ended without an outcome (a crash, a lost lease): handled alone, so
+    # a message that kills the process is found (isolation.py).
+    suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,8 @@ class Runner:
             seq=message.seq,
             delivery=message.delivery,
         )
+        if envelope.suspect:  # handled alone after a lease that ended without an ack
+            structlog.contextvars.bind_contextvars(redelivered=True)
         async with self._slots:
             started = time.monotonic()
             outcome = await self._call(message)
@@ -255,6 +262,12 @@ class Runner:
         return Handled(envelope, outcome, seconds)
 
     async def _call(self, message: Message) -> Outcome:
+        if (size := len(message.payload)) > MAX_PAYLOAD_BYTES:
+            # Enqueue enforces the limit, but other producers write the tables directly: never
+            # parse what no valid message can be (a 50 MB payload would stall every slot).
+            return Reject(
+                f"payload of {size} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit (not parsed)"
+            )
         handler = self._handlers.get(message.queue)
         if handler is None:
             return Reject(f"no handler for queue {message.queue!r}")

@@ -21,6 +21,7 @@ from worker.config import OutboxConfig
 from worker.models import Handler
 from worker.outbox import processor, retrier
 from worker.outbox.delivery import Envelope, Handled, RetryPolicy, Runner, Settled, settle
+from worker.outbox.isolation import run_alone
 from worker.outbox.leases import heartbeat
 from worker.outbox.maintenance import sequence_queues, vacuum
 
@@ -37,6 +38,7 @@ class EngineSettings:
     concurrency: int
     retry: RetryPolicy
     handler_budget_seconds: float
+    max_handler_crashes: int = 3  # process deaths while handled alone before a dead letter
 
     @classmethod
     def from_config(cls, outbox: OutboxConfig) -> EngineSettings:
@@ -49,6 +51,7 @@ class EngineSettings:
             ),
             # The heartbeat keeps the lease while a handler runs; this bounds a hung one.
             handler_budget_seconds=outbox.lease_seconds,
+            max_handler_crashes=outbox.max_handler_crashes,
         )
 
 
@@ -171,19 +174,16 @@ class Engine:
             # No await from here to run_all, which counts the messages as unfinished.
             self._runner.unreserve(limit)
         if not envelopes:
-            await processor.release_lease(self.lease_pool, lease, worker_id=self.worker_id)
+            await processor.release_lease(self.lease_pool, lease)
             return RoundReport()
 
         async def extend() -> bool:
             return await processor.extend_lease(
-                self.lease_pool,
-                lease,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
+                self.lease_pool, lease, lease_seconds=self.settings.lease_seconds
             )
 
         settled = await self._handle(envelopes, extend, abort)
-        acked = await processor.ack_batch(self.lease_pool, lease, settled, worker_id=self.worker_id)
+        acked = await processor.ack_batch(self.lease_pool, lease, settled)
         if acked:
             return RoundReport(settled, partitions=1)
         return RoundReport(lost=settled, partitions=1)
@@ -205,19 +205,15 @@ class Engine:
         )
         if not envelopes:
             return RoundReport()
-        ids = [e.retry_id for e in envelopes if e.retry_id is not None]
 
         async def extend() -> bool:
             held = await retrier.extend_retry_leases(
-                self.lease_pool,
-                ids,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
+                self.lease_pool, envelopes, lease_seconds=self.settings.lease_seconds
             )
-            return len(held) == len(ids)
+            return len(held) == len(envelopes)
 
         settled = await self._handle(envelopes, extend, abort or asyncio.Event())
-        held = await retrier.ack_retries(self.lease_pool, settled, worker_id=self.worker_id)
+        held = await retrier.ack_retries(self.lease_pool, settled)
         return RoundReport(
             settled=[s for s in settled if s.handled.envelope.retry_id in held],
             lost=[s for s in settled if s.handled.envelope.retry_id not in held],
@@ -226,6 +222,19 @@ class Engine:
     async def _handle(
         self, envelopes: Sequence[Envelope], extend: processor.Extend, abort: asyncio.Event
     ) -> list[Settled]:
+        """Run the batch: trusted messages concurrently, suspect ones alone (isolation.py)."""
+        trusted = [e for e in envelopes if not e.suspect]
+        suspect = [e for e in envelopes if e.suspect]
         async with heartbeat(extend, lease_seconds=self.settings.lease_seconds):
-            handled: list[Handled] = await self._runner.run_all(envelopes, abort)
+            together, alone = await asyncio.gather(
+                self._runner.run_all(trusted, abort),
+                run_alone(
+                    self._runner,
+                    self.lease_pool,
+                    suspect,
+                    abort,
+                    max_crashes=self.settings.max_handler_crashes,
+                ),
+            )
+        handled: list[Handled] = [*together, *alone]
         return [settle(h, self.settings.retry, self._rng) for h in handled]

@@ -7,6 +7,7 @@ tenant holds only its own rows, never a partition.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -40,9 +41,13 @@ async def lease_due_retries(
             partition_id=partition_id,
             dead_letter_id=dead_letter_id,
             retry_id=retry_id,
+            retry_token=token,
+            suspect=suspect,
         )
         for (
             retry_id,
+            token,
+            suspect,
             queue,
             partition,
             partition_id,
@@ -56,27 +61,35 @@ async def lease_due_retries(
     ]
 
 
+def _held(envelopes: Sequence[Envelope]) -> dict[str, list[Any]]:
+    """The (row id, fencing token) pairs of these leased retry rows, as statement arrays."""
+    return {
+        "ids": [e.retry_id for e in envelopes],
+        "tokens": [e.retry_token for e in envelopes],
+    }
+
+
 async def extend_retry_leases(
-    pool: AsyncConnectionPool, retry_ids: Sequence[int], *, worker_id: str, lease_seconds: float
+    pool: AsyncConnectionPool, envelopes: Sequence[Envelope], *, lease_seconds: float
 ) -> set[int]:
-    params = {"ids": list(retry_ids), "worker_id": worker_id, "lease_seconds": lease_seconds}
+    """Heartbeat leased retry rows; returns the ids these acquisitions still hold."""
+    params = {**_held(envelopes), "lease_seconds": lease_seconds}
     with translate_errors():
         async with pool.connection() as conn:
             cur = await conn.execute(q("extend_retry_leases"), params)
             return {row[0] for row in await cur.fetchall()}
 
 
-async def ack_retries(
-    pool: AsyncConnectionPool, settled: Sequence[Settled], *, worker_id: str
-) -> set[int | None]:
-    """Persist outcomes of the rows this process still holds; returns their retry ids.
+async def ack_retries(pool: AsyncConnectionPool, settled: Sequence[Settled]) -> set[int | None]:
+    """Persist outcomes of the rows these acquisitions still hold; returns their retry ids.
 
-    Rows whose lease was lost are left alone: their new holder finishes them.
+    Rows whose lease was lost are left alone: their new holder finishes them. The fencing token
+    makes that hold even when this process has leased the same row again since.
     """
-    ids = [s.handled.envelope.retry_id for s in settled]
+    held_rows = _held([s.handled.envelope for s in settled])
     with translate_errors():
         async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(q("lock_own_retries"), {"ids": ids, "worker_id": worker_id})
+            cur = await conn.execute(q("lock_own_retries"), held_rows)
             held: set[int | None] = {row[0] for row in await cur.fetchall()}
             mine = [s for s in settled if s.handled.envelope.retry_id in held]
             if mine:
