@@ -54,26 +54,23 @@ async def _raise_sqlstate(conn: Conn, sqlstate: str) -> None:
 async def test_not_usable_now_is_database_unavailable_naming_the_cause(
     conn: Conn, sqlstate: str
 ) -> None:
-    with pytest.raises(DatabaseUnavailable) as caught:
-        with translate_errors():
-            await _raise_sqlstate(conn, sqlstate)
+    with pytest.raises(DatabaseUnavailable) as caught, translate_errors():
+        await _raise_sqlstate(conn, sqlstate)
     assert f"injected {sqlstate}" in str(caught.value)
     assert f"SQLSTATE {sqlstate}" in str(caught.value)
 
 
 @pytest.mark.parametrize("sqlstate", sorted(BUGS), ids=lambda s: f"{s}-{BUGS[s]}")
 async def test_other_database_errors_are_bugs_and_stay_raw(conn: Conn, sqlstate: str) -> None:
-    with pytest.raises(psycopg.Error) as caught:
-        with translate_errors():
-            await _raise_sqlstate(conn, sqlstate)
+    with pytest.raises(psycopg.Error) as caught, translate_errors():
+        await _raise_sqlstate(conn, sqlstate)
     assert caught.value.sqlstate == sqlstate
     assert not isinstance(caught.value, DatabaseUnavailable)
 
 
 async def test_missing_table_is_a_schema_error(conn: Conn) -> None:
-    with pytest.raises(SchemaError, match="cleanup-worker migrate"):
-        with translate_errors():
-            await conn.execute("SELECT * FROM no_such_table")
+    with pytest.raises(SchemaError, match="cleanup-worker migrate"), translate_errors():
+        await conn.execute("SELECT * FROM no_such_table")
 
 
 # -- the same conditions, produced the way production meets them ---------------------------------
@@ -81,25 +78,22 @@ async def test_missing_table_is_a_schema_error(conn: Conn) -> None:
 
 async def test_write_on_a_read_only_database_is_unavailable(conn: Conn) -> None:
     await conn.execute("SET default_transaction_read_only = on")
-    with pytest.raises(DatabaseUnavailable, match="read-only transaction"):
-        with translate_errors():
-            await conn.execute("CREATE TABLE t_written (id int)")
+    with pytest.raises(DatabaseUnavailable, match="read-only transaction"), translate_errors():
+        await conn.execute("CREATE TABLE t_written (id int)")
 
 
 async def test_terminated_backend_is_unavailable(conn: Conn, db: str) -> None:
     pid = conn.info.backend_pid
     async with await psycopg.AsyncConnection.connect(db, autocommit=True) as admin:
         await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-    with pytest.raises(DatabaseUnavailable, match="database unavailable"):
-        with translate_errors():
-            await conn.execute("SELECT 1")
+    with pytest.raises(DatabaseUnavailable, match="database unavailable"), translate_errors():
+        await conn.execute("SELECT 1")
 
 
 async def test_statement_timeout_is_unavailable(conn: Conn) -> None:
     await conn.execute("SET statement_timeout = '50ms'")
-    with pytest.raises(DatabaseUnavailable, match="SQLSTATE 57014"):
-        with translate_errors():
-            await conn.execute("SELECT pg_sleep(2)")
+    with pytest.raises(DatabaseUnavailable, match="SQLSTATE 57014"), translate_errors():
+        await conn.execute("SELECT pg_sleep(2)")
 
 
 async def test_real_serialization_failure_is_unavailable(db: str) -> None:
@@ -115,9 +109,8 @@ async def test_real_serialization_failure_is_unavailable(db: str) -> None:
             await c.execute("SELECT v FROM t_ser WHERE id = 1")
         await a.execute("UPDATE t_ser SET v = 1 WHERE id = 1")
         await a.commit()
-        with pytest.raises(DatabaseUnavailable, match="SQLSTATE 40001"):
-            with translate_errors():
-                await b.execute("UPDATE t_ser SET v = 2 WHERE id = 1")
+        with pytest.raises(DatabaseUnavailable, match="SQLSTATE 40001"), translate_errors():
+            await b.execute("UPDATE t_ser SET v = 2 WHERE id = 1")
 
 
 # -- a stopped server: the pool's timeout names why it could not connect ------------------------
@@ -153,8 +146,7 @@ async def test_pool_timeout_while_the_server_is_down_names_the_cause(
 
 
 async def _unavailable_cause(pool: Pool) -> str:
-    with pytest.raises(DatabaseUnavailable) as caught:
-        with translate_errors():
-            async with pool.connection() as c:
-                await c.execute("SELECT 1")
+    with pytest.raises(DatabaseUnavailable) as caught, translate_errors():
+        async with pool.connection() as c:
+            await c.execute("SELECT 1")
     return str(caught.value)

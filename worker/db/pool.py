@@ -127,7 +127,10 @@ class Pool(psycopg_pool.AsyncConnectionPool):
 
         return RememberingConnection
 
-    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+    async def getconn(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg_pool's own signature)
+    ) -> psycopg.AsyncConnection[Any]:
         try:
             return await super().getconn(timeout)
         except psycopg_pool.PoolTimeout as exc:
