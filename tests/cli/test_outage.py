@@ -19,8 +19,10 @@ from dsn import scalar
 
 from cli.support import (
     API_KEY,
+    DSN_PASSWORD,
     DaemonProcess,
     ahttp_get,
+    assert_secret_free,
     base_env,
     cursors_at_end,
     delete_single,
@@ -177,7 +179,9 @@ async def test_stopped_server_is_reported_truthfully_until_a_statement_succeeds(
 ) -> None:
     dsn = await _migrated_db(own_server)
     await _load(dsn, slow_fake)
-    daemon, port = start_daemon(_busy_config(slow_fake), base_env(dsn))
+    # The server trusts local connections; the password is there to be kept out of every cause.
+    with_password = psycopg.conninfo.make_conninfo(dsn, password=DSN_PASSWORD)
+    daemon, port = start_daemon(_busy_config(slow_fake), base_env(with_password))
     await _ready(port, daemon, STARTUP_SECONDS)
     assert await _gauge(port) == 1
     await wait_for(lambda: _done_at_least(dsn, 8), within=30, what="work before the outage")
@@ -196,6 +200,7 @@ async def test_stopped_server_is_reported_truthfully_until_a_statement_succeeds(
     assert any(any(u in body for u in UNREACHABLE) for _, body in probes), probes
     causes = [str(e.get("cause")) for e in _events(daemon, "database_unavailable")]
     assert any(any(u in cause for u in UNREACHABLE) for cause in causes), causes
+    assert_secret_free(daemon.output(), *(body for _, body in probes))
 
     await wait_for(lambda: _gauge_is(port, 1), within=45, what="database_up back to 1")
     assert _events(daemon, "database_recovered"), daemon.tail()

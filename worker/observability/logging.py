@@ -20,7 +20,7 @@ Event vocabulary (stable: dashboards and tests match on it; context is bound onc
 ``lease_lost``           a heartbeat or an ack found the lease taken: delivered again
 ``handler_crashed``      a bug in a handler (traceback); the message is retried
 ``database_unavailable`` a loop backs off: loop, cause (the reason, with its SQLSTATE); logged
-                         when an outage starts and when its cause changes
+                         once per distinct cause in an outage
 ``database_schema_missing`` migrations not applied; the daemon waits, not ready
 ``database_recovered``   every loop that failed has completed a statement again: down_seconds
 ``loop_crashed``         a bug stopped a loop: the process exits 1 so it is restarted

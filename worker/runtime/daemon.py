@@ -273,13 +273,13 @@ class DatabaseState:
 
     Down from a loop's failed statement until every loop that failed has completed one again:
     one loop's success (a read while writes fail on a read-only node) does not prove the
-    others' statements work. Logged once per outage, and again when the cause changes.
+    others' statements work. Each distinct cause is logged once per outage.
     """
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._failing: dict[str, str] = {}  # loop -> cause
-        self._logged_cause: str | None = None
+        self._logged_causes: set[str] = set()  # of this outage
         self._down_since: float | None = None
         self._schema_missing = False
 
@@ -300,8 +300,8 @@ class DatabaseState:
         self._metrics.set_database_up(False)
         if self._down_since is None:
             self._down_since = time.monotonic()
-        if cause != self._logged_cause:
-            self._logged_cause = cause
+        if cause not in self._logged_causes:
+            self._logged_causes.add(cause)
             log.error("database_unavailable", loop=loop, cause=cause)
 
     def answered(self, loop: str) -> None:
@@ -316,5 +316,6 @@ class DatabaseState:
         self._metrics.set_database_up(True)
         if self._down_since is not None:
             down = time.monotonic() - self._down_since
-            self._down_since = self._logged_cause = None
+            self._down_since = None
+            self._logged_causes.clear()
             log.info("database_recovered", loop=loop, down_seconds=round(down, 1))
