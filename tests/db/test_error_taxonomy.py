@@ -30,6 +30,7 @@ UNAVAILABLE = {
     "57P01": "admin shutdown",
     "57P03": "cannot connect now (starting up, recovery)",
     "58030": "I/O error",
+    "72000": "snapshot too old",
 }
 BUGS = {
     "0A000": "feature not supported",

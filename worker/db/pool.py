@@ -23,6 +23,7 @@ UNAVAILABLE_SQLSTATE_CLASSES: Mapping[str, str] = {
     "53": "insufficient resources: too many connections, disk full, out of memory",
     "57": "operator intervention: admin/crash shutdown, cannot connect now, query canceled",
     "58": "system error: I/O error",
+    "72": "snapshot too old",
 }
 UNAVAILABLE_SQLSTATES: Mapping[str, str] = {
     "25006": "read-only transaction: failover to a standby or a read-only node",
