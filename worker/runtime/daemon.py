@@ -52,6 +52,7 @@ class Turn:
 Step = Callable[[], Awaitable[Turn]]
 
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
+WAKE_INTERVAL_SECONDS = 1.0
 ACK_GRACE_SECONDS = 10.0  # after interrupting: time for the final acks
 READINESS_CACHE_SECONDS = 2.0
 # Below the health server's 2 s probe budget, so a down database is reported as such
@@ -66,6 +67,11 @@ class Daemon:
         self.abort = asyncio.Event()  # interrupt in-flight messages
         self._crashed: BaseException | None = None
         self._database = DatabaseState(app.metrics)
+        # Set (and replaced) when a loop completes a statement while others are failing: the
+        # database answers, so the loops backing off try again now instead of up to 30 s later
+        # (at most once a WAKE_INTERVAL_SECONDS, so a loop failing alone still backs off).
+        self._database_back = asyncio.Event()
+        self._woken_at = 0.0
         self._readiness: tuple[float, tuple[bool, str]] | None = None
         self._readiness_check: asyncio.Task[tuple[bool, str]] | None = None
 
@@ -195,7 +201,8 @@ class Daemon:
                 return
             if turn.asked_database:
                 outage_backoff = 1.0
-                self._database.answered(name)
+                if self._database.answered(name):
+                    self._wake_backed_off_loops()
             self.app.metrics.mark_loop_iteration()
             if not turn.busy:
                 await self._sleep(idle_seconds)
@@ -204,12 +211,28 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
+    def _wake_backed_off_loops(self) -> None:
+        now = time.monotonic()
+        if now - self._woken_at >= WAKE_INTERVAL_SECONDS:
+            self._woken_at = now
+            self._database_back.set()
+            self._database_back = asyncio.Event()
+
     async def _outage_sleep(self, seconds: float) -> None:
-        """Back off, still beating: a loop waiting for the database is not hung (/healthz)."""
+        """Back off, still beating: a loop waiting for the database is not hung (/healthz).
+        Cut short when another loop found the database back."""
+        back = self._database_back
         deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+        while not (self.stopping.is_set() or back.is_set()):
+            if (left := deadline - time.monotonic()) <= 0:
+                return
             self.app.metrics.mark_loop_iteration()
-            await self._sleep(min(1.0, left))
+            waits = {asyncio.ensure_future(e.wait()) for e in (self.stopping, back)}
+            _, pending = await asyncio.wait(
+                waits, timeout=min(1.0, left), return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in pending:
+                waiting.cancel()
 
     async def ready(self) -> tuple[bool, str]:
         """Not ready while a loop is in an outage (the cause, no statement needed); otherwise
@@ -285,8 +308,8 @@ class DatabaseState:
 
     @property
     def cause(self) -> str | None:
-        """Why the database is not usable now; None while it is."""
-        return next(iter(self._failing.values()), None)
+        """Why the database is not usable now (the latest failure's cause); None while it is."""
+        return next(reversed(self._failing.values()), None)
 
     def failed(self, loop: str, exc: DatabaseUnavailable | SchemaError) -> None:
         if isinstance(exc, SchemaError):  # it answered: reachable, only not migrated yet
@@ -296,6 +319,7 @@ class DatabaseState:
                 log.error("database_schema_missing", loop=loop, cause=str(exc))
             return
         cause = str(exc)
+        self._failing.pop(loop, None)  # re-inserted last: the latest cause
         self._failing[loop] = cause
         self._metrics.set_database_up(False)
         if self._down_since is None:
@@ -304,18 +328,20 @@ class DatabaseState:
             self._logged_causes.add(cause)
             log.error("database_unavailable", loop=loop, cause=cause)
 
-    def answered(self, loop: str) -> None:
-        """``loop`` completed its statements."""
+    def answered(self, loop: str) -> bool:
+        """``loop`` completed its statements; True if an outage was on (loops still failing
+        should try again: the database answers, perhaps to them too)."""
         self._schema_missing = False
+        outage = bool(self._failing)
         self._answered(loop)
+        return outage
 
     def _answered(self, loop: str) -> None:
         self._failing.pop(loop, None)
-        if self._failing:
-            return
-        self._metrics.set_database_up(True)
-        if self._down_since is not None:
-            down = time.monotonic() - self._down_since
-            self._down_since = None
-            self._logged_causes.clear()
-            log.info("database_recovered", loop=loop, down_seconds=round(down, 1))
+        if not self._failing:
+            self._metrics.set_database_up(True)
+            if self._down_since is not None:
+                down = time.monotonic() - self._down_since
+                self._down_since = None
+                self._logged_causes.clear()
+                log.info("database_recovered", loop=loop, down_seconds=round(down, 1))
