@@ -240,7 +240,8 @@ async def s2_kill9_replicas(server: PostgresServer, workdir: Path, size: str) ->
 
 async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) -> Result:
     """PostgreSQL stopped mid-drain and started again: the daemons never exit, /healthz stays
-    200 and /readyz turns 503 during the outage, and work resumes within seconds of the
+    200 and /readyz turns 503 during the outage; a replica that noticed reads ``database_up`` 0
+    and logs no "recovered" until the database is back; work resumes within seconds of the
     database coming back (measured: database back -> first committed progress)."""
     if not server.restartable:
         raise RuntimeError(f"a {server.kind} PostgreSQL cannot be restarted here")
@@ -254,6 +255,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
     )
     v = Verdict()
     recoveries: list[float] = []
+    scrapes = Counter[str]()
     async with h.cluster(
         server, workdir, "s3", fake_latency=0.1, config={"outbox.batch_size": 10}
     ) as c:
@@ -267,6 +269,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                 timeout=60,
                 what="work in progress before the outage",
             )
+            recovered_before = {r.name: _count_events(r, "database_recovered") for r in live}
             server.stop()
             try:
                 down_since = time.monotonic()
@@ -277,7 +280,13 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                         v.require(r.running, f"{r.name} exited during outage {n}:\n{r.tail()}")
                         health_codes[_http_status(r, "/healthz")] += 1
                         ready_codes[_http_status(r, "/readyz")] += 1
+                        scrapes[_truthful_while_down(r, v, n)] += 1
                     await asyncio.sleep(0.5)
+                for r in live:
+                    v.require(
+                        _count_events(r, "database_recovered") == recovered_before[r.name],
+                        f"{r.name} logged database_recovered while the database was down",
+                    )
             finally:
                 server.start()
             back = time.monotonic()
@@ -319,6 +328,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
             ),
             faults_injected=f"{len(outages)} database outage(s)",
             replicas_reporting_outage=noticed,
+            scrapes_while_down=dict(scrapes),
             wall_seconds=time.monotonic() - started,
             drain_seconds=round(drained, 1),
         )
@@ -1742,13 +1752,13 @@ async def _gauge_back(r: h.Replica, within: float) -> bool:
 
 
 def _truthful_while_down(r: h.Replica, v: Verdict, spell: int) -> str:
-    """One look at a replica during a failover: once it has logged the outage, its gauge must
-    read 0 and /readyz must be 503 naming a cause. Returns what the look saw."""
+    """One look at a replica during an outage or failover: once it has logged the outage, its
+    gauge must read 0 and /readyz must be 503 naming a cause. Returns what the look saw."""
     if not _count_events(r, "database_unavailable"):
         return "not noticed yet"
     gauge, (code, body) = _gauge(r), _http_status_body(r, "/readyz")
-    v.require(gauge == 0, f"{r.name}: database_up {gauge} during failover {spell}")
-    v.require(code == 503, f"{r.name}: /readyz {code} during failover {spell}")
+    v.require(gauge == 0, f"{r.name}: database_up {gauge} during outage {spell}")
+    v.require(code == 503, f"{r.name}: /readyz {code} during outage {spell}")
     v.require(body.startswith("database unavailable: "), f"{r.name}: /readyz {body!r}")
     # The cut sessions (57P01) come first; then every write meets the read-only node.
     return "down, read-only named" if "read-only" in body else "down"
