@@ -220,7 +220,7 @@ class Daemon:
 
     async def _outage_sleep(self, seconds: float) -> None:
         """Back off, still beating: a loop waiting for the database is not hung (/healthz).
-        Cut short when another loop found the database back."""
+        Cut short when another loop completed a statement: the database may be back."""
         back = self._database_back
         deadline = time.monotonic() + seconds
         while not (self.stopping.is_set() or back.is_set()):
