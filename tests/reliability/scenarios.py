@@ -270,7 +270,6 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                 what="work in progress before the outage",
             )
             recovered_before = {r.name: _count_events(r, "database_recovered") for r in live}
-            unavailable_before = {r.name: _count_events(r, "database_unavailable") for r in live}
             server.stop()
             try:
                 down_since = time.monotonic()
@@ -281,8 +280,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                         v.require(r.running, f"{r.name} exited during outage {n}:\n{r.tail()}")
                         health_codes[_http_status(r, "/healthz")] += 1
                         ready_codes[_http_status(r, "/readyz")] += 1
-                        seen = unavailable_before[r.name]
-                        scrapes[_truthful_while_down(r, v, n, seen)] += 1
+                        scrapes[_truthful_while_down(r, v, n)] += 1
                     await asyncio.sleep(0.5)
                 for r in live:
                     v.require(
@@ -1652,15 +1650,13 @@ async def s9_failover_read_only(server: PostgresServer, workdir: Path, size: str
                 what="work in progress before the failover",
             )
             recovered_before = {r.name: _count_events(r, "database_recovered") for r in live}
-            unavailable_before = {r.name: _count_events(r, "database_unavailable") for r in live}
             _fail_over(server, c.db_name, read_only=True)
             try:
                 flipped = time.monotonic()
                 while time.monotonic() - flipped < spell:
                     for r in live:
                         v.require(r.running, f"{r.name} exited during failover {n}:\n{r.tail()}")
-                        seen = unavailable_before[r.name]
-                        scrapes[_truthful_while_down(r, v, n, seen)] += 1
+                        scrapes[_truthful_while_down(r, v, n)] += 1
                     await asyncio.sleep(0.5)
                 for r in live:
                     v.require(
@@ -1755,11 +1751,13 @@ async def _gauge_back(r: h.Replica, within: float) -> bool:
     return True
 
 
-def _truthful_while_down(r: h.Replica, v: Verdict, spell: int, logged_before: int) -> str:
-    """One look at a replica during an outage or failover: once it has logged this outage (more
-    database_unavailable events than ``logged_before``), its gauge must read 0 and /readyz
-    must be 503 naming a cause. Returns what the look saw."""
-    if _count_events(r, "database_unavailable") <= logged_before:
+def _truthful_while_down(r: h.Replica, v: Verdict, spell: int) -> str:
+    """One look at a replica during an outage or failover: while its last database event is
+    database_unavailable (it noticed this outage, or has not recovered from the one before),
+    its gauge must read 0 and /readyz must be 503 naming a cause. Returns what the look saw."""
+    told = [e.get("event") for e in r.events()
+            if e.get("event") in ("database_unavailable", "database_recovered")]  # fmt: skip
+    if not told or told[-1] != "database_unavailable":
         return "not noticed yet"
     gauge, (code, body) = _gauge(r), _http_status_body(r, "/readyz")
     v.require(gauge == 0, f"{r.name}: database_up {gauge} during outage {spell}")
