@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the reliability scenarios (SPEC §11 under load and faults) and write docs/RELIABILITY.md.
 
-    uv run python scripts/reliability.py                      # all 8, full size -> the doc
+    uv run python scripts/reliability.py                      # all of them, full size -> the doc
     uv run python scripts/reliability.py --size small         # the CI size (a few minutes)
     uv run python scripts/reliability.py --scenario 2 -s 4    # some of them: tables on stdout
 

@@ -6,7 +6,9 @@ openai/httpx2 in ``worker.providers``); nothing above those layers catches them 
     CleanupWorkerError                 anything this package raises on purpose
     ├── ConfigError                    bad or missing configuration: refuse to start (exit 2)
     ├── UsageError                     bad CLI input that click did not catch (exit 2)
-    ├── DatabaseUnavailable            PostgreSQL cannot be reached (exit 3; the daemon retries)
+    ├── DatabaseUnavailable            PostgreSQL is not usable right now: unreachable, read-only,
+    │                                  shutting down, serialization failure... (exit 3; the daemon
+    │                                  backs off and retries). Which errors: worker.db.pool
     ├── SchemaError                    migrations missing or a queue registered differently
     │   └── PartitionCountMismatch     a queue exists with another partition count
     ├── OutboxError                    enqueue refused: the caller's transaction should roll back
@@ -41,7 +43,11 @@ class UsageError(CleanupWorkerError):
 
 
 class DatabaseUnavailable(CleanupWorkerError):
-    """PostgreSQL could not be reached or dropped the connection."""
+    """PostgreSQL is not usable right now; the message names the cause (and its SQLSTATE).
+
+    Raised only by ``worker.db.pool.translate_errors``, which holds the one list of what counts
+    (by SQLSTATE class): retrying later is the fix, so nothing crashes for it.
+    """
 
 
 class SchemaError(CleanupWorkerError):

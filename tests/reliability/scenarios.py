@@ -240,7 +240,8 @@ async def s2_kill9_replicas(server: PostgresServer, workdir: Path, size: str) ->
 
 async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) -> Result:
     """PostgreSQL stopped mid-drain and started again: the daemons never exit, /healthz stays
-    200 and /readyz turns 503 during the outage, and work resumes within seconds of the
+    200 and /readyz turns 503 during the outage; a replica that noticed reads ``database_up`` 0
+    and logs no "recovered" until the database is back; work resumes within seconds of the
     database coming back (measured: database back -> first committed progress)."""
     if not server.restartable:
         raise RuntimeError(f"a {server.kind} PostgreSQL cannot be restarted here")
@@ -254,6 +255,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
     )
     v = Verdict()
     recoveries: list[float] = []
+    scrapes = Counter[str]()
     async with h.cluster(
         server, workdir, "s3", fake_latency=0.1, config={"outbox.batch_size": 10}
     ) as c:
@@ -267,6 +269,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                 timeout=60,
                 what="work in progress before the outage",
             )
+            recovered_before = {r.name: _count_events(r, "database_recovered") for r in live}
             server.stop()
             try:
                 down_since = time.monotonic()
@@ -277,7 +280,13 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
                         v.require(r.running, f"{r.name} exited during outage {n}:\n{r.tail()}")
                         health_codes[_http_status(r, "/healthz")] += 1
                         ready_codes[_http_status(r, "/readyz")] += 1
+                        scrapes[_truthful_while_down(r, v, n)] += 1
                     await asyncio.sleep(0.5)
+                for r in live:
+                    v.require(
+                        _count_events(r, "database_recovered") == recovered_before[r.name],
+                        f"{r.name} logged database_recovered while the database was down",
+                    )
             finally:
                 server.start()
             back = time.monotonic()
@@ -319,6 +328,7 @@ async def s3_database_restart(server: PostgresServer, workdir: Path, size: str) 
             ),
             faults_injected=f"{len(outages)} database outage(s)",
             replicas_reporting_outage=noticed,
+            scrapes_while_down=dict(scrapes),
             wall_seconds=time.monotonic() - started,
             drain_seconds=round(drained, 1),
         )
@@ -1610,6 +1620,170 @@ async def _taken_from(c: Cluster, r: h.Replica, after_id: int) -> bool:
     )
 
 
+# -- 9. failover to a read-only node and back ---------------------------------------------------
+
+
+async def s9_failover_read_only(server: PostgresServer, workdir: Path, size: str) -> Result:
+    """Mid-drain the database turns read-only and every session is cut, as when a failover moves
+    clients to a standby, then back: the daemons never exit; while it lasts every replica that
+    noticed reads ``database_up`` 0, answers /readyz 503 naming the read-only cause and logs no
+    "recovered"; afterwards the gauge is 1 again and the drain finishes with nothing lost."""
+    replicas = _pick(size, 3, 4, 4)
+    spells = _pick(size, [4.0], [5.0, 12.0], [5.0, 15.0])
+    plan = _pick(
+        size,
+        SeedPlan(chats=50, files_per_chat=(2, 8), live_chats=12, singles_per_live_chat=(1, 4)),
+        SeedPlan(chats=250, files_per_chat=(2, 12), live_chats=60, singles_per_live_chat=(1, 6)),
+        SeedPlan(chats=500, files_per_chat=(2, 14), live_chats=120, singles_per_live_chat=(1, 6)),
+    )
+    v = Verdict()
+    recoveries: list[float] = []
+    scrapes = Counter[str]()
+    async with h.cluster(
+        server, workdir, "s9", fake_latency=0.1, config={"outbox.batch_size": 10}
+    ) as c:
+        live = await c.start_replicas(replicas)
+        world = await h.seed(c.dsn, c.fake, c.tenants, plan, c.rng)
+        started = time.monotonic()
+        for n, spell in enumerate(spells):
+            base = await c.progress()
+            await h.wait_until(
+                lambda b=base: _progressed(c, b, 20),
+                timeout=60,
+                what="work in progress before the failover",
+            )
+            recovered_before = {r.name: _count_events(r, "database_recovered") for r in live}
+            _fail_over(server, c.db_name, read_only=True)
+            try:
+                flipped = time.monotonic()
+                while time.monotonic() - flipped < spell:
+                    for r in live:
+                        v.require(r.running, f"{r.name} exited during failover {n}:\n{r.tail()}")
+                        scrapes[_truthful_while_down(r, v, n)] += 1
+                    await asyncio.sleep(0.5)
+                for r in live:
+                    v.require(
+                        _count_events(r, "database_recovered") == recovered_before[r.name],
+                        f"{r.name} logged database_recovered while the database was read-only",
+                    )
+            finally:
+                _fail_over(server, c.db_name, read_only=False)
+            back = time.monotonic()
+            before = await c.progress()
+            await h.wait_until(
+                lambda b=before: _progressed(c, b, 1),
+                timeout=60,
+                what="progress after the failover back",
+                every=0.05,
+            )
+            recoveries.append(time.monotonic() - back)
+        drained = await c.wait_drained(_pick(size, 120, 400, 900))
+        noticed = 0
+        for r in live:
+            v.require(r.running, f"{r.name} exited:\n{r.tail()}")
+            # Every loop that failed completes a statement again soon: the first success
+            # after an outage cuts the other loops' backoff short.
+            v.require(
+                await _gauge_back(r, within=10),
+                f"{r.name}: database_up {_gauge(r)} 10 s after the drain",
+            )
+            causes = [str(e.get("cause")) for e in r.events()
+                      if e.get("event") == "database_unavailable"]  # fmt: skip
+            if causes:
+                noticed += 1
+                v.require(
+                    any("25006" in cause for cause in causes),
+                    f"{r.name} did not name the read-only cause: {causes[:3]}",
+                )
+                v.require(
+                    _count_events(r, "database_recovered") >= 1,
+                    f"{r.name} reported the failover but not the recovery",
+                )
+        v.require(noticed == len(live), f"only {noticed} of {len(live)} replicas noticed")
+        v.require(
+            scrapes["down, read-only named"] > 0, f"/readyz never named read-only: {dict(scrapes)}"
+        )
+        codes = await c.stop_all()
+        v.require(all(code == 0 for code in codes.values()), f"exit codes {codes}")
+        # Acks fail while read-only: leases expire and are taken over after the failover back.
+        await _common_checks(c, world, v, expect_takeovers=True, expect_stale=True)
+        v.figures.update(
+            replicas=replicas,
+            read_only_seconds=spells,
+            recover_seconds=[round(x, 1) for x in recoveries],
+            recover=", ".join(
+                f"{x:.1f} s (after {o:g} s read-only)"
+                for x, o in zip(recoveries, spells, strict=True)
+            ),
+            faults_injected=f"{len(spells)} failover(s) to read-only and back",
+            replicas_reporting_failover=noticed,
+            scrapes_while_read_only=dict(scrapes),
+            wall_seconds=time.monotonic() - started,
+            drain_seconds=round(drained, 1),
+        )
+    v.check()
+    return Result(9, "failover to a read-only node and back mid-drain", size, v.figures)
+
+
+def _fail_over(server: PostgresServer, dbname: str, *, read_only: bool) -> None:
+    """The database turns read-only (or writable again) and its sessions are cut: clients
+    reconnect and meet the new state, as after a failover."""
+    setting = "SET default_transaction_read_only = on" if read_only else "RESET ALL"
+    h._admin(
+        server,
+        f'ALTER DATABASE "{dbname}" {setting}',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'",
+    )
+
+
+def _count_events(r: h.Replica, name: str) -> int:
+    return sum(1 for e in r.events() if e.get("event") == name)
+
+
+def _gauge(r: h.Replica) -> float | None:
+    samples = h.parse_metrics(r.scrape())
+    return next((val for name, _, val in samples if name == "mini_chat_worker_database_up"), None)
+
+
+async def _gauge_back(r: h.Replica, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while _gauge(r) != 1:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+def _truthful_while_down(r: h.Replica, v: Verdict, spell: int) -> str:
+    """One look at a replica during an outage or failover: while its last database event is
+    database_unavailable (it noticed this outage, or has not recovered from the one before),
+    its gauge must read 0 and /readyz must be 503 naming a cause. Returns what the look saw."""
+    told = [e.get("event") for e in r.events()
+            if e.get("event") in ("database_unavailable", "database_recovered")]  # fmt: skip
+    if not told or told[-1] != "database_unavailable":
+        return "not noticed yet"
+    gauge, (code, body) = _gauge(r), _http_status_body(r, "/readyz")
+    v.require(gauge == 0, f"{r.name}: database_up {gauge} during outage {spell}")
+    v.require(code == 503, f"{r.name}: /readyz {code} during outage {spell}")
+    v.require(body.startswith("database unavailable: "), f"{r.name}: /readyz {body!r}")
+    # The cut sessions (57P01) come first; then every write meets the read-only node.
+    return "down, read-only named" if "read-only" in body else "down"
+
+
+def _http_status_body(r: h.Replica, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{r.http_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, ""
+
+
 SCENARIOS: dict[int, Scenario] = {
     1: s1_replicas_drain_backlog,
     2: s2_kill9_replicas,
@@ -1619,4 +1793,5 @@ SCENARIOS: dict[int, Scenario] = {
     6: s6_sigterm_under_load,
     7: s7_security,
     8: s8_lease_loss,
+    9: s9_failover_read_only,
 }

@@ -1,6 +1,7 @@
 """PostgreSQL access: named queries from ``sql/``, the pool, migrations.
 
-The one place psycopg's connection errors are translated (``pool.translate_errors``).
+The one place psycopg's errors are classified and translated (``pool.translate_errors``):
+"not usable right now" (by SQLSTATE class) is DatabaseUnavailable, everything else a bug.
 """
 
 from __future__ import annotations

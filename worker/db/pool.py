@@ -1,13 +1,13 @@
-"""The connection pool and the translation of psycopg's connection errors."""
+"""The connection pool and the one classification of database errors (SPEC §11, §13)."""
 
 from __future__ import annotations
 
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import psycopg_pool
@@ -16,18 +16,57 @@ from worker.config import redact
 from worker.db import Conn
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 
+# "The database is not usable right now": back off and retry, it will pass (or page someone
+# through CleanupWorkerDatabaseDown). By SQLSTATE class, plus single codes of other classes.
+UNAVAILABLE_SQLSTATE_CLASSES: Mapping[str, str] = {
+    "08": "connection exception (also PgBouncer's own errors, 08P01)",
+    "40": "transaction rollback: serialization failure, deadlock",
+    "53": "insufficient resources: too many connections, disk full, out of memory",
+    "57": "operator intervention: admin/crash shutdown, cannot connect now, query canceled",
+    "58": "system error: I/O error",
+    "72": "snapshot too old",
+}
+UNAVAILABLE_SQLSTATES: Mapping[str, str] = {
+    "25006": "read-only transaction: failover to a standby or a read-only node",
+    "25P03": "idle-in-transaction session timeout: the server closed the session",
+    "25P04": "transaction timeout: the server closed the session",
+    "55P03": "lock not available (lock_timeout)",
+}
+
+
+def is_unavailable(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means "not usable right now" rather than a bug in the worker.
+
+    Without a SQLSTATE the error is the client's own: a lost or refused connection, a pool
+    timeout (OperationalError, InterfaceError). Every other error (syntax, constraint, data,
+    internal) is a bug: retrying would loop on it, so the daemon crashes instead.
+    """
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state[:2] in UNAVAILABLE_SQLSTATE_CLASSES or state in UNAVAILABLE_SQLSTATES
+
 
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn "cannot reach / lost the database" into DatabaseUnavailable; bugs stay raw."""
+    """Turn "the database is not usable now" into DatabaseUnavailable naming the cause; a
+    missing table into SchemaError; bugs stay raw."""
     try:
         yield
     except psycopg.errors.UndefinedTable as exc:
         raise SchemaError(
             f"database schema missing ({_first_line(exc)}): run `cleanup-worker migrate`"
         ) from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-        raise DatabaseUnavailable(f"database unavailable: {redact(_first_line(exc))}") from exc
+    except psycopg.Error as exc:
+        if not is_unavailable(exc):
+            raise
+        raise DatabaseUnavailable(f"database unavailable: {describe(exc)}") from exc
+
+
+def describe(exc: psycopg.Error) -> str:
+    """The server's or libpq's reason in one line, with the SQLSTATE when there is one."""
+    text = redact(_first_line(exc))
+    return f"{text} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else text
 
 
 @contextmanager
@@ -82,6 +121,48 @@ class _RecentlyReturned:
             await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
 
+class Pool(psycopg_pool.AsyncConnectionPool):
+    """A pool whose timeout says why it had no connection to give.
+
+    psycopg_pool reconnects in the background and, when a caller's wait runs out, raises only
+    "couldn't get a connection after N sec": the reason (refused, no such socket, password,
+    server shutting down) went to a library log line, and the worker's logs, ``/readyz`` and
+    errors could not name it. This pool remembers the last failed attempt to connect (cleared
+    by the next success) and adds it to the timeout.
+    """
+
+    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+        self.connect_failure: str | None = None
+        super().__init__(conninfo, connection_class=self._remembering_connection(), **kwargs)
+
+    def _remembering_connection(self) -> type[psycopg.AsyncConnection[Any]]:
+        pool = self
+
+        class RememberingConnection(psycopg.AsyncConnection[Any]):
+            @classmethod
+            async def connect(cls, *args: Any, **kwargs: Any) -> Self:
+                try:
+                    conn = await super().connect(*args, **kwargs)
+                except psycopg.Error as exc:
+                    pool.connect_failure = describe(exc)
+                    raise
+                pool.connect_failure = None
+                return conn
+
+        return RememberingConnection
+
+    async def getconn(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg_pool's own signature)
+    ) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await super().getconn(timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            if self.connect_failure is None:  # busy, not broken: the timeout says it all
+                raise
+            raise psycopg_pool.PoolTimeout(f"{exc}: {self.connect_failure}") from exc
+
+
 @asynccontextmanager
 async def open_pool(
     dsn: str,
@@ -90,14 +171,14 @@ async def open_pool(
     max_size: int,
     timeout_seconds: float = 10.0,
     name: str = "cleanup-worker",
-) -> AsyncIterator[psycopg_pool.AsyncConnectionPool]:
+) -> AsyncIterator[Pool]:
     """An autocommit pool; transactions are explicit (``conn.transaction()``).
 
     ``open(wait=False)``: the daemon must start, and report not-ready, while the database is
     down; the pool keeps reconnecting in the background.
     """
     recent = _RecentlyReturned()
-    pool = psycopg_pool.AsyncConnectionPool(
+    pool = Pool(
         dsn,
         min_size=min_size,
         max_size=max_size,

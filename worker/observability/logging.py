@@ -23,9 +23,10 @@ Event vocabulary (stable: dashboards and tests match on it; context is bound onc
 ``dead_lettered``        queue, partition, seq, delivery, reason (after the ack)
 ``lease_lost``           a heartbeat or an ack found the lease taken: delivered again
 ``handler_crashed``      a bug in a handler (traceback); the message is retried
-``database_unavailable`` a loop backs off; logged once per outage
+``database_unavailable`` a loop backs off: loop, cause (the reason, with its SQLSTATE); logged
+                         once per distinct cause in an outage
 ``database_schema_missing`` migrations not applied; the daemon waits, not ready
-``database_recovered``   the first success after an outage
+``database_recovered``   every loop that failed has completed a statement again: down_seconds
 ``loop_crashed``         a bug stopped a loop: the process exits 1 so it is restarted
 ``worker_stopping``      a signal arrived; no new leases
 ``worker_interrupting``  the grace period ran out; unfinished messages are parked, due at once

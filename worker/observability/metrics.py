@@ -186,7 +186,10 @@ class Metrics:
         self._last_loop = gauge(
             "worker_last_loop_timestamp_seconds", "Unix time of the last worker loop iteration."
         )
-        self._database_up = gauge("worker_database_up", "1 if the database answered last time.")
+        self._database_up = gauge(
+            "worker_database_up",
+            "1 while the worker can use the database: no loop's last statement failed.",
+        )
         self._backlog_refreshed = gauge(
             "cleanup_backlog_refresh_timestamp_seconds", "Unix time of the last backlog refresh."
         )

@@ -2,9 +2,14 @@
 
 Named loops share one stop event: one lane per partition of each queue, the retrier, the
 sequencer, vacuum and the backlog refresher, plus the metrics/health HTTP server. A loop that
-meets a database outage backs off and tries again for ever (readiness turns false; the
-process never exits for it); a loop that dies of a bug stops the process non-zero so
-Kubernetes restarts it.
+meets a database outage (DatabaseUnavailable: see ``worker.db.pool`` for what counts) backs off
+and tries again for ever; the process never exits for it; a loop that dies of a bug stops the
+process non-zero so Kubernetes restarts it.
+
+While any loop's last database statement failed, the database is "down": the ``database_up``
+gauge reads 0, ``/readyz`` answers 503 with the cause, and ``database_recovered`` is logged only
+once every such loop has completed a statement again. A turn that asked the database nothing
+(a lane with every handler slot taken) proves nothing either way.
 
 Shutdown (SIGTERM/SIGINT): stop leasing; let in-flight batches finish until the grace
 deadline; then interrupt what is left, whose messages the ack parks as due at once; release
@@ -19,12 +24,15 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
 from worker.db.pool import translate_errors
+from worker.db.queries import q
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
+from worker.observability.metrics import Metrics
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
 from worker.runtime.reporting import record_round
@@ -32,9 +40,19 @@ from worker.runtime.status import refresh_backlog
 
 log = structlog.get_logger("worker.runtime")
 
-Step = Callable[[], Awaitable[bool]]  # returns whether it found work (then runs again at once)
+
+@dataclass(frozen=True)
+class Turn:
+    """What one step of a loop did."""
+
+    busy: bool  # found work: run again at once
+    asked_database: bool = True  # False: decided without a statement (says nothing of it)
+
+
+Step = Callable[[], Awaitable[Turn]]
 
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
+WAKE_INTERVAL_SECONDS = 1.0
 ACK_GRACE_SECONDS = 10.0  # after interrupting: time for the final acks
 READINESS_CACHE_SECONDS = 2.0
 # Below the health server's 2 s probe budget, so a down database is reported as such
@@ -48,8 +66,14 @@ class Daemon:
         self.stopping = asyncio.Event()  # stop leasing
         self.abort = asyncio.Event()  # interrupt in-flight messages
         self._crashed: BaseException | None = None
-        self._db_down = False
+        self._database = DatabaseState(app.metrics)
+        # Set (and replaced) when a loop completes a statement while others are failing: the
+        # database answers, so the loops backing off try again now instead of up to 30 s later
+        # (at most once a WAKE_INTERVAL_SECONDS, so a loop failing alone still backs off).
+        self._database_back = asyncio.Event()
+        self._woken_at = 0.0
         self._readiness: tuple[float, tuple[bool, str]] | None = None
+        self._readiness_check: asyncio.Task[tuple[bool, str]] | None = None
 
     async def run(self) -> int:
         """Run until a signal (exit 0) or a crashed loop (exit 1)."""
@@ -125,45 +149,48 @@ class Daemon:
     def _lane(self, queue: str) -> Step:
         poll = self.app.config.outbox.poll_interval_seconds
 
-        async def step() -> bool:
+        async def step() -> Turn:
             # A full process leases nothing; waiting for a slot instead of a poll interval
             # refills it as soon as a message finishes (lanes slept 1 s while slots idled).
             if not await self.app.engine.wait_for_capacity(timeout=poll):
-                return True  # the poll interval is spent: look again at once
+                # The poll interval is spent: look again at once. No statement ran, so this
+                # turn is no sign that the database is up (it was taken as one).
+                return Turn(busy=True, asked_database=False)
             report = await self.app.engine.process_partitions(
                 queue, max_partitions=1, abort=self.abort, stop=self.stopping
             )
             record_round(self.app.metrics, report)
-            return report.partitions > 0
+            return Turn(busy=report.partitions > 0)
 
         return step
 
-    async def _retrier(self) -> bool:
+    async def _retrier(self) -> Turn:
         limit = self.app.config.outbox.batch_size
         report = await self.app.engine.process_retries(limit=limit, abort=self.abort)
         record_round(self.app.metrics, report)
-        return report.handled + len(report.lost) > 0
+        return Turn(busy=report.handled + len(report.lost) > 0)
 
-    async def _sequencer(self) -> bool:
-        return await self.app.engine.sequence() > 0
+    async def _sequencer(self) -> Turn:
+        return Turn(busy=await self.app.engine.sequence() > 0)
 
-    async def _vacuum(self) -> bool:
+    async def _vacuum(self) -> Turn:
         await self.app.engine.vacuum()
-        return False
+        return Turn(busy=False)
 
-    async def _refresh_backlog(self) -> bool:
+    async def _refresh_backlog(self) -> Turn:
         await refresh_backlog(self.app.pool, self.app.metrics, self.app.queues)
-        return False
+        return Turn(busy=False)
 
     async def _loop(self, name: str, step: Step, idle_seconds: float) -> None:
         outage_backoff = 1.0
         while not self.stopping.is_set():
             try:
-                busy = await step()
+                turn = await step()
             except (DatabaseUnavailable, SchemaError) as exc:
                 # An outage, or migrations not applied yet: back off and wait (not ready);
-                # never exit for it (SPEC §11).
-                self._database_down(name, exc)
+                # never exit for it (SPEC §11). Waiting for the database is not a hang.
+                self.app.metrics.mark_loop_iteration()
+                self._database.failed(name, exc)
                 await self._outage_sleep(outage_backoff)
                 outage_backoff = min(MAX_OUTAGE_BACKOFF_SECONDS, outage_backoff * 2)
                 continue
@@ -172,48 +199,64 @@ class Daemon:
                 self._crashed = exc
                 self.stopping.set()
                 return
-            outage_backoff = 1.0
-            self._database_up()
+            if turn.asked_database:
+                outage_backoff = 1.0
+                if self._database.answered(name):
+                    self._wake_backed_off_loops()
             self.app.metrics.mark_loop_iteration()
-            if not busy:
+            if not turn.busy:
                 await self._sleep(idle_seconds)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
+    def _wake_backed_off_loops(self) -> None:
+        now = time.monotonic()
+        if now - self._woken_at >= WAKE_INTERVAL_SECONDS:
+            self._woken_at = now
+            self._database_back.set()
+            self._database_back = asyncio.Event()
+
     async def _outage_sleep(self, seconds: float) -> None:
-        """Back off, still beating: a loop waiting for the database is not hung (/healthz)."""
+        """Back off, still beating: a loop waiting for the database is not hung (/healthz).
+        Cut short when another loop completed a statement: the database may be back."""
+        back = self._database_back
         deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+        while not (self.stopping.is_set() or back.is_set()):
+            if (left := deadline - time.monotonic()) <= 0:
+                return
             self.app.metrics.mark_loop_iteration()
-            await self._sleep(min(1.0, left))
-
-    def _database_down(self, loop: str, exc: DatabaseUnavailable | SchemaError) -> None:
-        self.app.metrics.mark_loop_iteration()  # waiting for the database is not a hang
-        unreachable = isinstance(exc, DatabaseUnavailable)
-        self.app.metrics.set_database_up(not unreachable)
-        if not self._db_down:
-            self._db_down = True
-            event = "database_unavailable" if unreachable else "database_schema_missing"
-            log.error(event, loop=loop, error=str(exc))
-
-    def _database_up(self) -> None:
-        if self._db_down:
-            self._db_down = False
-            log.info("database_recovered")
-        self.app.metrics.set_database_up(True)
+            waits = {asyncio.ensure_future(e.wait()) for e in (self.stopping, back)}
+            _, pending = await asyncio.wait(
+                waits, timeout=min(1.0, left), return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in pending:
+                waiting.cancel()
 
     async def ready(self) -> tuple[bool, str]:
-        """Database reachable and migrated; cached briefly so probes cost no load."""
+        """Not ready while a loop is in an outage (the cause, no statement needed); otherwise
+        the database answers, accepts writes and is migrated. One check at a time, whatever
+        the number of concurrent probes, and its answer is reused for a moment."""
         if self.stopping.is_set():  # at once, not after the cache expires
             return False, "shutting down"
-        now = time.monotonic()
-        if self._readiness and now - self._readiness[0] < READINESS_CACHE_SECONDS:
+        if (cause := self._database.cause) is not None:
+            return False, cause
+        if self._readiness and time.monotonic() - self._readiness[0] < READINESS_CACHE_SECONDS:
             return self._readiness[1]
-        result = await self._check_ready()
-        self._readiness = (now, result)
-        return result
+        if self._readiness_check is None:
+            self._readiness_check = asyncio.create_task(self._check_and_remember())
+            self._readiness_check.add_done_callback(_retrieve)
+        # A probe that gives up (its own timeout) must not cancel the check the others await.
+        return await asyncio.shield(self._readiness_check)
+
+    async def _check_and_remember(self) -> tuple[bool, str]:
+        try:
+            result = await self._check_ready()
+            self._readiness = (time.monotonic(), result)
+            return result
+        finally:
+            self._readiness_check = None
 
     async def _check_ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -221,6 +264,10 @@ class Daemon:
         try:
             with translate_errors():
                 async with self.app.pool.connection(timeout=READINESS_DB_TIMEOUT_SECONDS) as conn:
+                    cur = await conn.execute(q("transaction_read_only"))
+                    row = await cur.fetchone()
+                    if row and row[0] == "on":
+                        return False, READ_ONLY
                     missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:
             return False, str(exc)
@@ -230,3 +277,71 @@ class Daemon:
                 f"migrations not applied: {', '.join(missing)} (run cleanup-worker migrate)",
             )
         return True, "ready"
+
+
+READ_ONLY = (
+    "database unavailable: the server accepts only read-only transactions"
+    " (a standby or a read-only node after a failover?)"
+)
+
+
+def _retrieve(task: asyncio.Task[tuple[bool, str]]) -> None:
+    """Retrieve a check's exception even when every probe awaiting it gave up."""
+    if not task.cancelled():
+        task.exception()
+
+
+class DatabaseState:
+    """What the loops last learned from the database, told by the gauge, the log and /readyz.
+
+    Down from a loop's failed statement until every loop that failed has completed one again:
+    one loop's success (a read while writes fail on a read-only node) does not prove the
+    others' statements work. Each distinct cause is logged once per outage.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._failing: dict[str, str] = {}  # loop -> cause
+        self._logged_causes: set[str] = set()  # of this outage
+        self._down_since: float | None = None
+        self._schema_missing = False
+
+    @property
+    def cause(self) -> str | None:
+        """Why the database is not usable now (the latest failure's cause); None while it is."""
+        return next(reversed(self._failing.values()), None)
+
+    def failed(self, loop: str, exc: DatabaseUnavailable | SchemaError) -> None:
+        if isinstance(exc, SchemaError):  # it answered: reachable, only not migrated yet
+            self._answered(loop)
+            if not self._schema_missing:
+                self._schema_missing = True
+                log.error("database_schema_missing", loop=loop, cause=str(exc))
+            return
+        cause = str(exc)
+        self._failing.pop(loop, None)  # re-inserted last: the latest cause
+        self._failing[loop] = cause
+        self._metrics.set_database_up(False)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if cause not in self._logged_causes:
+            self._logged_causes.add(cause)
+            log.error("database_unavailable", loop=loop, cause=cause)
+
+    def answered(self, loop: str) -> bool:
+        """``loop`` completed its statements; True if an outage was on (loops still failing
+        should try again: the database answers, perhaps to them too)."""
+        self._schema_missing = False
+        outage = bool(self._failing)
+        self._answered(loop)
+        return outage
+
+    def _answered(self, loop: str) -> None:
+        self._failing.pop(loop, None)
+        if not self._failing:
+            self._metrics.set_database_up(True)
+            if self._down_since is not None:
+                down = time.monotonic() - self._down_since
+                self._down_since = None
+                self._logged_causes.clear()
+                log.info("database_recovered", loop=loop, down_seconds=round(down, 1))
