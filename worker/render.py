@@ -81,6 +81,11 @@ def status(report: Status) -> str:
         + (", ".join(f"{k}={v}" for k, v in sorted(report.attachments.items())) or "none"),
         f"Vector stores of deleted chats still to delete: {report.outstanding_vector_stores}",
     ]
+    parts += [
+        f"Index {p.name} on {p.table}: {p.problem}; the worker's statements scan the table "
+        f"(run cleanup-worker migrate, or as a DBA: {p.repair})"
+        for p in report.index_problems
+    ]
     return "\n".join(parts)
 
 

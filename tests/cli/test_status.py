@@ -30,6 +30,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     report = result.json()
     assert set(report) == {
         "partitions", "retries", "dead_letters", "attachments", "outstanding_vector_stores",
+        "index_problems",
     }  # fmt: skip
     assert [(p["queue"], p["partition"]) for p in report["partitions"]] == [
         (queue, n) for queue in (AQ, CQ) for n in range(4)
@@ -42,6 +43,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     assert report["retries"] == []
     assert report["dead_letters"] == []
     assert report["attachments"] == {}
+    assert report["index_problems"] == []  # the template database has every index
     assert report["outstanding_vector_stores"] == 0
 
     human = await ainvoke(["--config", str(config_file), "status"], env)

@@ -15,7 +15,7 @@ from worker.config import BackendConfig, Config, TenantOverride, redact
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
-from worker.runtime.migrate import pending_migrations
+from worker.runtime.migrate import IndexState, index_states, pending_migrations
 
 
 @dataclass
@@ -60,6 +60,7 @@ async def _check_database(config: Config, report: CheckReport) -> None:
         async with conn:
             with translate_errors():
                 missing = await pending_migrations(conn)
+                indexes = await index_states(conn)
     except CleanupWorkerError as exc:
         report.database_reachable = not isinstance(exc, DatabaseUnavailable)
         report.add(False, f"database {where}: {exc}")
@@ -71,6 +72,24 @@ async def _check_database(config: Config, report: CheckReport) -> None:
         )
     else:
         report.add(True, "migrations: applied")
+    _check_indexes(report, indexes)
+
+
+def _check_indexes(report: CheckReport, states: list[IndexState]) -> None:
+    """One line per index the worker needs that is missing or INVALID: without it the hot
+    statements scan the whole chat-service table (issue 16). Fails check-config, as a
+    deployment that runs ``migrate --skip-app-indexes`` expects a DBA to create them."""
+    problems = [s for s in states if s.problem]
+    for state in problems:
+        report.add(
+            False,
+            f"index {state.index.name} on {state.index.table}: {state.problem} "
+            f"({state.index.purpose.rstrip('.')}); run cleanup-worker migrate, or as a DBA: "
+            f"{state.repair} (docs/deploy.md)",
+        )
+    present = [s.index.name for s in states if s.valid]
+    if present and not problems:
+        report.add(True, f"chat-service indexes: present ({', '.join(present)})")
 
 
 def _check_key(

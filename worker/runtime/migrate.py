@@ -74,6 +74,14 @@ class IndexState:
             return None
         return "invalid" if self.present else "missing"
 
+    @property
+    def repair(self) -> str:
+        """The statement(s) a DBA runs to make it usable, on one line."""
+        create = " ".join(self.index.create.split())
+        if self.present:
+            return f"DROP INDEX CONCURRENTLY IF EXISTS {self.index.name}; {create}"
+        return create
+
 
 _TABLE = re.compile(r"\bON\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
 # Another replica began the same build (the name) or one on the same table (a deadlock, which

@@ -16,6 +16,7 @@ from worker.db import Conn
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
+from worker.runtime.migrate import index_states
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,23 @@ class DeadLetterStatus:
 
 
 @dataclass(frozen=True)
+class IndexProblem:
+    """An index the worker needs on a chat-service table that is missing or INVALID."""
+
+    name: str
+    table: str
+    problem: str  # "missing" | "invalid"
+    repair: str  # what a DBA runs (or: cleanup-worker migrate)
+
+
+@dataclass(frozen=True)
 class Status:
     partitions: list[PartitionStatus]
     retries: list[RetryStatus]
     dead_letters: list[DeadLetterStatus]
     attachments: dict[str, int] = field(default_factory=dict)
     outstanding_vector_stores: int = 0
+    index_problems: list[IndexProblem] = field(default_factory=list)
 
     def pending(self, queue: str | None = None) -> int:
         return sum(p.pending for p in self.partitions if queue in (None, p.queue))
@@ -65,8 +77,11 @@ class Status:
         return asdict(self)
 
 
-async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: bool) -> Status:
-    """One consistent-enough read of every backlog (not a single snapshot: it is a gauge)."""
+async def read_status(
+    conn: Conn, queues: Sequence[str], *, all_attachments: bool, with_indexes: bool = False
+) -> Status:
+    """One consistent-enough read of every backlog (not a single snapshot: it is a gauge);
+    ``with_indexes`` adds the chat-service indexes that are missing (the status command)."""
     params = {"queues": list(queues)}
     partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
     retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
@@ -74,7 +89,16 @@ async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: boo
     counts = "attachment_status_counts" if all_attachments else "attachment_debt"
     attachments = {status: int(n) for status, n in await _rows(conn, counts, {})}
     vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
-    return Status(partitions, retries, dead, attachments, int(vector_stores))
+    problems = await _index_problems(conn) if with_indexes else []
+    return Status(partitions, retries, dead, attachments, int(vector_stores), problems)
+
+
+async def _index_problems(conn: Conn) -> list[IndexProblem]:
+    return [
+        IndexProblem(s.index.name, s.index.table, s.problem, s.repair)
+        for s in await index_states(conn)
+        if s.problem
+    ]
 
 
 async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
