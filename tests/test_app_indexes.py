@@ -8,6 +8,8 @@ interrupted build left INVALID, and waits for (never drops) one another replica 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -100,6 +102,34 @@ async def test_skip_app_indexes_builds_nothing(empty_db):
         assert [s.table_present for s in await index_states(conn)] == [False] * len(NAMES)
         assert [s.problem for s in await index_states(conn)] == [None] * len(NAMES)
         assert (await migrate(conn, queues=QUEUES)).indexes == ()
+
+
+async def test_a_role_that_does_not_own_the_table_leaves_them_to_its_owner(
+    empty_db: str, role_dsn: Callable[..., str]
+) -> None:
+    """The chat service's role owns its tables; only an owner may index a table. migrate
+    builds nothing there, fails nothing (the worker works without them, only slower) and
+    names them; check-config gives the statements to the owner."""
+    await _chat_service_database(empty_db)
+    suffix = uuid.uuid4().hex[:8]
+    owner, role = f"cw_chat_{suffix}", f"cw_migrate_{suffix}"
+    migrator = role_dsn(empty_db, role, f"m-{suffix}", "NOSUPERUSER")
+    async with await _connect(empty_db) as admin:
+        await admin.execute(f"CREATE ROLE {owner} NOLOGIN".encode())  # the chat service's role
+        for grant in (
+            f"ALTER TABLE attachments OWNER TO {owner}",
+            f"GRANT CREATE, USAGE ON SCHEMA public TO {role}",
+            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ):
+            await admin.execute(grant.encode())
+    async with await _connect(migrator) as conn:
+        report = await migrate(conn, queues=QUEUES)
+        assert report.indexes == ()
+        assert report.left_to_owner == tuple(NAMES)
+        assert [(s.may_build, s.problem) for s in await index_states(conn)] == [
+            (False, "missing")
+        ] * len(NAMES)
 
 
 async def test_an_interrupted_build_left_invalid_is_dropped_and_redone(empty_db):

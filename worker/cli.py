@@ -169,6 +169,11 @@ def migrate(g: Globals, with_app_schema: bool, skip_app_indexes: bool) -> None:
             indexes = "skipped (check-config lists any missing)"
         else:
             indexes = f"built {', '.join(report.indexes)}" if report.indexes else "all present"
+        if report.left_to_owner:
+            indexes += (
+                f"; not built, this role does not own their table: "
+                f"{', '.join(report.left_to_owner)} (check-config lists the statements)"
+            )
         click.echo(
             f"migrated: applied {applied}; queues {', '.join(report.queues)}; "
             f"chat-service indexes: {indexes}"

@@ -46,6 +46,8 @@ class MigrationReport:
     applied: tuple[str, ...]
     queues: tuple[str, ...]
     indexes: tuple[str, ...] = ()  # app indexes this run built (or rebuilt)
+    # App indexes still missing or INVALID because this role does not own their table.
+    left_to_owner: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class AppIndex:
 class IndexState:
     index: AppIndex
     table_present: bool
+    may_build: bool  # this role owns the table (only an owner may index it)
     present: bool
     valid: bool
     building: bool  # another session is building an index on its table
@@ -128,8 +131,12 @@ async def migrate(
     """``conn`` must be in autocommit mode (the worker's connections are): the index builds
     run outside any transaction."""
     applied = await _apply_files(conn, queues=queues, with_app_schema=with_app_schema)
-    built = await ensure_app_indexes(conn) if build_app_indexes else ()
-    return MigrationReport(applied=applied, queues=tuple(qc.name for qc in queues), indexes=built)
+    built: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+    if build_app_indexes:
+        built = await ensure_app_indexes(conn)
+        left = tuple(s.index.name for s in await index_states(conn) if s.problem)
+    return MigrationReport(applied, tuple(qc.name for qc in queues), built, left)
 
 
 async def _apply_files(
@@ -159,14 +166,19 @@ async def index_states(conn: Conn) -> list[IndexState]:
     params = {"names": [i.name for i in indexes], "tables": [i.table for i in indexes]}
     cur = await conn.execute(q("app_index_states"), params)
     rows = await cur.fetchall()
-    return [
-        IndexState(index, bool(table), bool(present), bool(valid), bool(building))
-        for index, (_, table, present, valid, building) in zip(indexes, rows, strict=True)
-    ]
+    states = []
+    for index, (_, table, may_build, present, valid, building) in zip(indexes, rows, strict=True):
+        states.append(
+            IndexState(index, bool(table), bool(may_build), bool(present), bool(valid),
+                       bool(building))
+        )  # fmt: skip
+    return states
 
 
 async def ensure_app_indexes(conn: Conn) -> tuple[str, ...]:
-    """Build every app index that is missing or left INVALID; the names of those built."""
+    """Build every app index that is missing or left INVALID; the names of those built.
+    An index on a table this role does not own is left as it is: only the owner may build
+    it, and the worker works without it, only slower (check-config says what to run)."""
     built = []
     for index in app_indexes():
         if await _ensure_index(conn, index):
@@ -180,7 +192,7 @@ async def _ensure_index(conn: Conn, index: AppIndex) -> bool:
     built = False
     while True:
         state = await _state(conn, index)
-        if not state.table_present or state.valid:
+        if not state.table_present or state.valid or not state.may_build:
             return built
         if state.building:  # another session builds on this table: wait (or the two deadlock)
             await asyncio.sleep(BUILD_POLL_SECONDS)
