@@ -8,9 +8,11 @@ restart takes no locks on the chat service's busy outbox tables.
 The indexes are built after that transaction, each with CREATE INDEX CONCURRENTLY (which cannot
 run inside one), so the chat service keeps writing while a large table is indexed. No lock is
 held across statements (none would survive PgBouncer's transaction pooling); the catalog is the
-coordination instead: a valid index is left alone, one being built (by another replica or a DBA)
-is waited for, and an INVALID one nobody is building, left by an interrupted build, is dropped
-and built again. Two replicas creating the same name at once: one wins, the other waits for it.
+coordination instead: a valid index is left alone; while an index build runs on its table in
+another session (another replica, a DBA) it waits, as two concurrent builds on one table
+deadlock; an INVALID one nobody is building, left by an interrupted build, is dropped and built
+again. Two replicas starting the same build at once: one wins, the other looks again. Only the
+table's owner may index it: under another role the indexes are left to the owner (reported).
 """
 
 from __future__ import annotations
