@@ -94,11 +94,12 @@ PARAMS = {
 
 CHAT_STATUS, DEBT = "idx_attachments_chat_status", "idx_attachments_cleanup_debt"
 LIVE_FILE = "idx_attachments_live_provider_file"
-# (statement, the indexes of which it must use one): unfinished_attachments_of_chat may also
-# take the debt index when the chat's rows are few among little debt.
+# (statement, the indexes of which it must use one): the statements on a chat's pending or
+# failed rows may also take the debt index, which is as selective while the debt is small
+# (the planner's pick depends on ANALYZE's sample).
 HOT = [
     ("adopt_chat_attachments", {CHAT_STATUS}),
-    ("pending_attachments_of_chat", {CHAT_STATUS}),
+    ("pending_attachments_of_chat", {CHAT_STATUS, DEBT}),
     ("pending_attachments_of_chat", {LIVE_FILE}),
     ("unfinished_attachments_of_chat", {CHAT_STATUS, DEBT}),
     ("take_attachment", {LIVE_FILE}),
