@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from worker.config import Config
 from worker.db.pool import connection_kwargs
+from worker.errors import SchemaError
 from worker.runtime.migrate import app_indexes, index_states, migrate
+from worker.sandbox.postgres import PostgresServer
 
 CONFIG = Config()
 QUEUES = [CONFIG.outbox.attachment_queue, CONFIG.outbox.chat_queue]
@@ -157,6 +160,35 @@ async def test_an_interrupted_build_left_invalid_is_dropped_and_redone(empty_db)
         assert redone[1:] == (True, False)  # valid, as sql/ defines it
         assert redone[0] != left[0]
         assert (await migrate(conn, queues=QUEUES)).indexes == ()
+
+
+async def test_a_canceled_build_is_one_clear_error_and_the_next_migrate_redoes_it(
+    empty_db: str, pg_server: PostgresServer
+) -> None:
+    """A statement_timeout of migrate's role cancels a build that waits for the chat service's
+    open transactions: the INVALID leftover is named, and redone by the next migrate."""
+    await _chat_service_database(empty_db)
+    direct = pg_server.dsn(conninfo_to_dict(empty_db)["dbname"])  # `options`: not via a pooler
+    async with await _connect(direct) as holder:
+        await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await holder.execute("SELECT count(*) FROM attachments")
+        timed = await psycopg.AsyncConnection.connect(
+            direct, options="-c statement_timeout=300", **connection_kwargs()
+        )
+        async with timed:
+            with pytest.raises(SchemaError) as caught:
+                await migrate(timed, queues=QUEUES)
+        await holder.execute("COMMIT")
+    text = str(caught.value)
+    assert f"building index {NAMES[0]} on attachments was canceled" in text
+    assert "statement timeout" in text
+    assert "\n" not in text
+    async with await _connect(empty_db) as conn:
+        left = [s.problem for s in await index_states(conn)]
+        assert left == ["invalid"] + ["missing"] * (len(NAMES) - 1)  # it stopped at the first
+        report = await migrate(conn, queues=QUEUES)
+        assert report.indexes == tuple(NAMES)
+        assert [s.problem for s in await index_states(conn)] == [None] * len(NAMES)
 
 
 async def test_a_build_in_progress_elsewhere_is_waited_for_not_dropped(empty_db):

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 from worker.config import QueueConfig
 from worker.db import Conn
 from worker.db.queries import parse_queries, q, sql_dir
+from worker.errors import SchemaError
 from worker.outbox.queues import register_queue
 
 
@@ -205,6 +206,12 @@ async def _ensure_index(conn: Conn, index: AppIndex) -> bool:
             await conn.execute(index.create.encode())
         except _LOST_RACE:
             continue  # another replica started at the same moment: look again
+        except psycopg.errors.QueryCanceled as exc:
+            raise SchemaError(
+                f"building index {index.name} on {index.table} was canceled "
+                f"({str(exc).strip().splitlines()[0]}); the next migrate builds it again: give "
+                "migrate's role no statement_timeout, or let a DBA build it (docs/deploy.md)"
+            ) from None
         built = True
 
 
