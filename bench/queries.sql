@@ -146,3 +146,29 @@ RETURNING processed_seq, attempts;
 UPDATE modkit_outbox_processor
 SET attempts = 0, locked_by = NULL, locked_until = NULL
 WHERE partition_id = %(partition_id)s AND locked_by = %(worker_id)s;
+
+-- name: fill_chats
+-- The live chats of the chat-service filler (TABLES): ids derived from a number, so the
+-- filler's attachments can name them without a join.
+INSERT INTO chats (id, tenant_id, user_id, model, title, created_at, updated_at)
+SELECT md5('fill-chat-' || g)::uuid, md5('fill-tenant-' || g %% 100)::uuid,
+       md5('fill-user-' || g)::uuid, 'gpt-4o', 'filler', now(), now()
+FROM generate_series(0, %(chats)s - 1) AS g;
+
+-- name: fill_attachments
+-- n attachments, 10 per filler chat, as a chat service's table holds them after a while: most
+-- live and never cleaned; every tenth soft-deleted one by one and cleaned long ago ('done');
+-- every thousandth of those terminally failed (a little debt for the gauges to count).
+INSERT INTO attachments (id, tenant_id, chat_id, uploaded_by_user_id, filename, content_type,
+                         size_bytes, storage_backend, provider_file_id, status, attachment_kind,
+                         cleanup_status, created_at, deleted_at)
+SELECT md5('fill-attachment-' || g)::uuid, md5('fill-tenant-' || (g / 10) %% 100)::uuid,
+       md5('fill-chat-' || g / 10)::uuid, md5('fill-user-' || g / 10)::uuid, 'f.pdf',
+       'application/pdf', 1, 'openai', 'file-fill-' || g, 'ready', 'document',
+       CASE WHEN g %% 10000 = 0 THEN 'failed' WHEN g %% 10 = 0 THEN 'done' END,
+       now(), CASE WHEN g %% 10 = 0 THEN now() END
+FROM generate_series(0, %(n)s - 1) AS g;
+
+-- name: vector_stores_left
+-- Vector-store rows left (TABLES: only its seeded chats have one; a finished chat has none).
+SELECT count(*) FROM chat_vector_stores;

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import psutil
 
-from bench import seed
+from bench import seed, tables
 from bench.probes import Database, ProcessGroups, postgres_pids
 from bench.results import Measurement, Target
 from bench.runs import (
@@ -381,6 +381,13 @@ async def b7_sql_ceiling(env: BenchEnv, scale: Scale) -> list[Measurement]:
     ]  # fmt: skip
 
 
+# -- TABLES the chat service's tables at scale (issue 16; bench/tables.py) --------------------
+
+
+async def tables_at_scale(env: BenchEnv, scale: Scale) -> list[Measurement]:
+    return await tables.tables_at_scale(env, scale.name, scale.attachments_per_chat)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "B1": b1_queue_overhead,
     "B2": b2_full_job,
@@ -389,4 +396,5 @@ SCENARIOS: dict[str, Scenario] = {
     "B5": b5_scale_out,
     "B6": b6_idle,
     "B7": b7_sql_ceiling,
+    "TABLES": tables_at_scale,
 }

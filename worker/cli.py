@@ -171,8 +171,15 @@ def cli(
     is_flag=True,
     help="Also create the chat-service tables (tests, demo, new installs).",
 )
+@click.option(
+    "--skip-app-indexes",
+    is_flag=True,
+    help="Do not build the indexes the worker needs on the chat-service tables (by default "
+    "built with CREATE INDEX CONCURRENTLY); a DBA creates them instead, and check-config and "
+    "status name any that is missing (docs/deploy.md).",
+)
 @click.pass_obj
-def migrate(g: Globals, with_app_schema: bool) -> None:
+def migrate(g: Globals, with_app_schema: bool, skip_app_indexes: bool) -> None:
     """Apply sql/ and register the queues (idempotent; safe from many replicas at once)."""
     config = g.load()
     db = config.database
@@ -186,9 +193,22 @@ def migrate(g: Globals, with_app_schema: bool) -> None:
                     conn,
                     queues=[config.outbox.attachment_queue, config.outbox.chat_queue],
                     with_app_schema=with_app_schema,
+                    build_app_indexes=not skip_app_indexes,
                 )
         applied = ", ".join(report.applied) or "nothing new"
-        click.echo(f"migrated: applied {applied}; queues {', '.join(report.queues)}")
+        if skip_app_indexes:
+            indexes = "skipped (check-config lists any missing)"
+        else:
+            indexes = f"built {', '.join(report.indexes)}" if report.indexes else "all present"
+        if report.left_to_owner:
+            indexes += (
+                f"; not built, this role does not own their table: "
+                f"{', '.join(report.left_to_owner)} (check-config lists the statements)"
+            )
+        click.echo(
+            f"migrated: applied {applied}; queues {', '.join(report.queues)}; "
+            f"chat-service indexes: {indexes}"
+        )
 
     _run(go())
 
@@ -315,7 +335,9 @@ def status(g: Globals, as_json: bool) -> None:
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
-                report = await read_status(conn, _queue_names(config), all_attachments=True)
+                report = await read_status(
+                    conn, _queue_names(config), all_attachments=True, with_indexes=True
+                )
         click.echo(
             json.dumps(report.as_json(), indent=2, sort_keys=True, default=str)
             if as_json

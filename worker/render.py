@@ -114,6 +114,11 @@ def status(report: Status) -> str:
             or [["-", 0, 0, 0]],
         ),
     ]
+    parts += [
+        f"Index {p.name} on {p.table}: {p.problem}; the worker's statements scan the table "
+        f"(run cleanup-worker migrate, or as a DBA: {p.repair})"
+        for p in report.index_problems
+    ]
     return "\n".join(parts + _suspected_routes(report))
 
 

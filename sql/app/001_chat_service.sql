@@ -1,7 +1,8 @@
 -- The chat service's tables that cleanup reads and writes (cf-mini-chat 0.1.29 columns).
 -- Production databases already have them; applied only with `migrate --with-app-schema`
--- (tests, the demo, new installs). Where this file creates the attachments table it adds the
--- cleanup_status CHECK that the original design required but its migration left out.
+-- (tests, the demo, new installs), with the indexes the chat service's own schema creates.
+-- Where this file creates the attachments table it adds the cleanup_status CHECK that the
+-- original design required but its migration left out.
 
 CREATE TABLE IF NOT EXISTS chats (
     id           UUID PRIMARY KEY,
@@ -53,19 +54,8 @@ CREATE INDEX IF NOT EXISTS idx_attachments_tenant_chat
     ON attachments (tenant_id, chat_id) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS idx_attachments_cleanup
     ON attachments (cleanup_status) WHERE cleanup_status IS NOT NULL AND deleted_at IS NULL;
--- Not in the original: the backlog gauges count cleanup debt every few seconds. On an existing
--- database create it with CREATE INDEX CONCURRENTLY (see docs/deploy.md, "Indexes").
-CREATE INDEX IF NOT EXISTS idx_attachments_cleanup_debt
-    ON attachments (cleanup_status) WHERE cleanup_status IN ('pending', 'failed');
--- Not in the original: the chat path looks up a chat's pending attachments, deleted or not.
-CREATE INDEX IF NOT EXISTS idx_attachments_chat_cleanup
-    ON attachments (chat_id, cleanup_status) WHERE cleanup_status IS NOT NULL;
--- Not in the original: before deleting a provider file, cleanup asks whether a live attachment
--- still references it (SPEC §13), once per file. Only rows not soft-deleted can be live, so the
--- index holds just those. On an existing database create it with CREATE INDEX CONCURRENTLY
--- (see docs/deploy.md, "Indexes"): without it each check scans the attachments table.
-CREATE INDEX IF NOT EXISTS idx_attachments_live_provider_file
-    ON attachments (provider_file_id) WHERE deleted_at IS NULL AND provider_file_id IS NOT NULL;
+-- The indexes the worker's statements need beyond these two (the chat service's own) are in
+-- sql/app_indexes: migrate builds them CONCURRENTLY after this file, unless --skip-app-indexes.
 
 -- The original has composite FKs to messages(id, chat_id); the worker only needs the links.
 CREATE TABLE IF NOT EXISTS message_attachments (

@@ -32,6 +32,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
         "partitions", "retries", "dead_letters", "attachments", "outstanding_vector_stores",
         "suspected_routes",
         "top_tenants",
+        "index_problems",
     }  # fmt: skip
     assert report["suspected_routes"] == []
     assert [(p["queue"], p["partition"]) for p in report["partitions"]] == [
@@ -45,6 +46,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
     assert report["retries"] == []
     assert report["dead_letters"] == []
     assert report["attachments"] == {}
+    assert report["index_problems"] == []  # the template database has every index
     assert report["outstanding_vector_stores"] == 0
 
     human = await ainvoke(["--config", str(config_file), "status"], env)

@@ -24,8 +24,8 @@ from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings, new_worker_id
 from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
-from worker.runtime.secrets import register_secrets
 from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
+from worker.runtime.secrets import register_secrets
 
 # Connections kept for lease upkeep (heartbeats, acks, releases) beside database.pool_max_size:
 # these statements are short, and on the handlers' pool they waited longer than a lease.

@@ -15,7 +15,7 @@ from worker.config import BackendConfig, Config, TenantOverride, redact
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
-from worker.runtime.migrate import pending_migrations
+from worker.runtime.migrate import IndexState, index_states, pending_migrations
 from worker.runtime.status import SuspectedRoute, read_suspected_routes
 
 
@@ -62,6 +62,7 @@ async def _check_database(config: Config, report: CheckReport) -> None:
         async with conn:
             with translate_errors():
                 missing = await pending_migrations(conn)
+                indexes = await index_states(conn)
                 if not missing:
                     suspected = await read_suspected_routes(conn)
     except CleanupWorkerError as exc:
@@ -82,6 +83,24 @@ async def _check_database(config: Config, report: CheckReport) -> None:
             f"{route.distinct_not_found} distinct objects in a row without a success; its "
             "not-founds are retried, not marked done (check its key, project and organization)",
         )
+    _check_indexes(report, indexes)
+
+
+def _check_indexes(report: CheckReport, states: list[IndexState]) -> None:
+    """One line per index the worker needs that is missing or INVALID: without it the hot
+    statements scan the whole chat-service table (issue 16). Fails check-config, as a
+    deployment that runs ``migrate --skip-app-indexes`` expects a DBA to create them."""
+    problems = [s for s in states if s.problem]
+    for state in problems:
+        report.add(
+            False,
+            f"index {state.index.name} on {state.index.table}: {state.problem} "
+            f"({state.index.purpose.rstrip('.')}); run cleanup-worker migrate, or as a DBA: "
+            f"{state.repair} (docs/deploy.md)",
+        )
+    present = [s.index.name for s in states if s.valid]
+    if present and not problems:
+        report.add(True, f"chat-service indexes: present ({', '.join(present)})")
 
 
 def _check_key(

@@ -17,6 +17,7 @@ from worker.db import Conn
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
+from worker.runtime.migrate import index_states
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,16 @@ class TenantStatus:
 
 
 @dataclass(frozen=True)
+class IndexProblem:
+    """An index the worker needs on a chat-service table that is missing or INVALID."""
+
+    name: str
+    table: str
+    problem: str  # "missing" | "invalid"
+    repair: str  # what a DBA runs (or: cleanup-worker migrate)
+
+
+@dataclass(frozen=True)
 class Status:
     partitions: list[PartitionStatus]
     retries: list[RetryStatus]
@@ -84,6 +95,7 @@ class Status:
     outstanding_vector_stores: int = 0
     suspected_routes: list[SuspectedRoute] = field(default_factory=list)
     top_tenants: list[TenantStatus] = field(default_factory=list)
+    index_problems: list[IndexProblem] = field(default_factory=list)
 
     def messages(self, queue: str | None = None) -> int:
         """Outbox messages not yet processed (attachment rows are ``attachments``)."""
@@ -99,11 +111,14 @@ class Status:
 TOP_TENANTS = 10
 
 
-async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: bool) -> Status:
+async def read_status(
+    conn: Conn, queues: Sequence[str], *, all_attachments: bool, with_indexes: bool = False
+) -> Status:
     """One consistent-enough read of every backlog (not a single snapshot: it is a gauge).
 
     ``all_attachments`` (the ``status`` command, not the gauges' hot loop) also counts done
-    rows and reads the per-tenant view."""
+    rows and reads the per-tenant view; ``with_indexes`` adds the chat-service indexes that are
+    missing (the status command)."""
     params = {"queues": list(queues)}
     partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
     retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
@@ -116,7 +131,18 @@ async def read_status(conn: Conn, queues: Sequence[str], *, all_attachments: boo
     if all_attachments:
         found = await _rows(conn, "tenant_backlog", {"limit": TOP_TENANTS})
         tenants = [TenantStatus(*row) for row in found]
-    return Status(partitions, retries, dead, attachments, int(vector_stores), suspected, tenants)
+    problems = await _index_problems(conn) if with_indexes else []
+    return Status(
+        partitions, retries, dead, attachments, int(vector_stores), suspected, tenants, problems
+    )
+
+
+async def _index_problems(conn: Conn) -> list[IndexProblem]:
+    return [
+        IndexProblem(s.index.name, s.index.table, s.problem, s.repair)
+        for s in await index_states(conn)
+        if s.problem
+    ]
 
 
 async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

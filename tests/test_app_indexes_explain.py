@@ -1,0 +1,119 @@
+"""The hot statements stay index lookups on a large `attachments` table (issue 16).
+
+A chat cleanup must cost the same on a table of millions of attachments as on an empty one:
+every statement of the chat path, the live-file check of both paths, the debt gauge and
+`status`'s counts are planned (on a 200k-row table, analysed) without a sequential scan of
+`attachments`, on the index `sql/app_indexes` defines for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from worker.db.queries import q
+
+ROWS = 200_000
+PER_CHAT = 10
+TENANTS = 50
+
+
+def _uuid(text: str) -> UUID:
+    return UUID(hashlib.md5(text.encode()).hexdigest())
+
+
+CHAT = _uuid(f"c{ROWS // PER_CHAT - 1}")  # the last chat: deleted, its attachments pending
+ATTACHMENT = _uuid(f"a{ROWS - 1}")
+
+
+@pytest.fixture
+async def large(conn: psycopg.AsyncConnection) -> psycopg.AsyncConnection:
+    """200k attachments in 20k chats, as production holds them: almost all live and never
+    cleaned, some cleaned long ago ('done'), one deleted chat's attachments pending."""
+    chats = ROWS // PER_CHAT
+    await conn.execute(
+        "INSERT INTO chats (id, tenant_id, user_id, model, created_at, updated_at, deleted_at)"
+        " SELECT md5('c' || g)::uuid, md5('t' || g %% %(tenants)s)::uuid, md5('u')::uuid,"
+        " 'm', now(), now(), CASE WHEN g %% 10 = 0 OR g = %(last)s THEN now() END"
+        " FROM generate_series(0, %(last)s) g",
+        {"tenants": TENANTS, "last": chats - 1},
+    )
+    await conn.execute(
+        "INSERT INTO attachments (id, tenant_id, chat_id, uploaded_by_user_id, filename,"
+        " content_type, size_bytes, provider_file_id, status, attachment_kind, created_at,"
+        " deleted_at, cleanup_status)"
+        " SELECT md5('a' || g)::uuid, md5('t' || (g / %(per)s) %% %(tenants)s)::uuid,"
+        " md5('c' || g / %(per)s)::uuid, md5('u')::uuid, 'f', 'text/plain', 1, 'file-' || g,"
+        " 'ready', 'document', now(),"
+        " CASE WHEN (g / %(per)s) %% 10 = 0 OR g / %(per)s = %(last)s THEN now() END,"
+        " CASE WHEN g / %(per)s = %(last)s THEN 'pending'"
+        "      WHEN (g / %(per)s) %% 10 = 0 THEN 'done' END"
+        " FROM generate_series(0, %(rows)s - 1) g",
+        {"per": PER_CHAT, "tenants": TENANTS, "last": chats - 1, "rows": ROWS},
+    )
+    await conn.execute("ANALYZE chats")
+    await conn.execute("ANALYZE attachments")
+    return conn
+
+
+async def _plan(conn: psycopg.AsyncConnection, name: str, params: dict[str, Any]) -> dict:
+    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + q(name), params)
+    row = await cur.fetchone()
+    assert row is not None
+    plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    return dict(plan[0]["Plan"])
+
+
+def _nodes(plan: dict) -> Iterator[dict]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _attachment_access(plan: dict) -> tuple[list[str], list[str]]:
+    """(sequential scans of attachments, indexes used)"""
+    seq = [n["Node Type"] for n in _nodes(plan)
+           if n.get("Relation Name") == "attachments" and n["Node Type"] == "Seq Scan"]  # fmt: skip
+    used = [n["Index Name"] for n in _nodes(plan) if "Index Name" in n]
+    return seq, used
+
+
+PARAMS = {
+    "chat_id": CHAT,
+    "attachment_id": ATTACHMENT,
+    "tenant_id": _uuid("t0"),
+    "storage_backend": "azure",
+    "provider_file_id": f"file-{ROWS - 1}",
+}
+
+CHAT_STATUS, DEBT = "idx_attachments_chat_status", "idx_attachments_cleanup_debt"
+LIVE_FILE = "idx_attachments_live_provider_file"
+# (statement, the indexes of which it must use one): the statements on a chat's pending or
+# failed rows may also take the debt index, which is as selective while the debt is small
+# (the planner's pick depends on ANALYZE's sample).
+HOT = [
+    ("adopt_chat_attachments", {CHAT_STATUS}),
+    ("pending_attachments_of_chat", {CHAT_STATUS, DEBT}),
+    ("pending_attachments_of_chat", {LIVE_FILE}),
+    ("unfinished_attachments_of_chat", {CHAT_STATUS, DEBT}),
+    ("take_attachment", {LIVE_FILE}),
+    ("attachment_debt", {DEBT}),
+]
+
+
+async def test_hot_statements_use_their_indexes_not_a_sequential_scan(
+    large: psycopg.AsyncConnection,
+) -> None:
+    problems = []
+    for statement, wanted in HOT:
+        plan = await _plan(large, statement, PARAMS)
+        seq, used = _attachment_access(plan)
+        if seq or not wanted & set(used):
+            problems.append(f"{statement}: scans {seq}, indexes {used}, wants one of {wanted}")
+    assert problems == [], "\n".join(problems)
