@@ -129,6 +129,9 @@ class ProvidersConfig:
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     # tenant uuid (lower-case string) -> backend label -> override
     tenants: dict[str, dict[str, TenantOverride]] = field(default_factory=dict)
+    # Seconds of a route's rate one tenant may have queued; beyond, its calls are deferred
+    # (parked for their fair turn). 0 = no bound (worker/providers/limits.py, RouteLimiter).
+    fair_queue_seconds: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (CleanupConfig, "max_attempts"): _range(1, 999, integer=True),
     (CircuitBreakerConfig, "failure_threshold"): _range(1, 1000, integer=True),
     (CircuitBreakerConfig, "cooldown_seconds"): _range(0, 3600, open_lo=True),
+    (ProvidersConfig, "fair_queue_seconds"): _range(0, 60),
     (CleanupConfig, "file_concurrency"): _INT_1K,
     (ObservabilityConfig, "http_host"): _regex("a host name or IP address", r"\S+"),
     (ObservabilityConfig, "http_port"): _range(0, 65535, integer=True),

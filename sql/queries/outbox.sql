@@ -190,7 +190,9 @@ SELECT (SELECT count(*) FROM new_dead) + (SELECT count(*) FROM dead_again) AS de
        (SELECT count(*) FROM resolved) AS resolved;
 
 -- name: lease_due_retries
--- Lease up to n parked messages whose time has come, oldest due first; counts a delivery.
+-- Lease up to n parked messages whose time has come, oldest due first; counts a delivery,
+-- except for a message parked only for its tenant's fair turn (reason 'deferred': it was not
+-- handled, so it used none).
 WITH due AS (
     SELECT r.id FROM cleanup_worker_retries r
     JOIN modkit_outbox_partitions p ON p.id = r.partition_id
@@ -204,7 +206,8 @@ WITH due AS (
 UPDATE cleanup_worker_retries r
 SET locked_by = %(worker_id)s,
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
-    deliveries = r.deliveries + 1, updated_at = now()
+    deliveries = r.deliveries + CASE WHEN r.reason = 'deferred' THEN 0 ELSE 1 END,
+    updated_at = now()
 FROM due, modkit_outbox_partitions p
 WHERE r.id = due.id AND p.id = r.partition_id
 RETURNING r.id, p.queue, p.partition, r.partition_id, r.seq, r.payload, r.payload_type,

@@ -138,8 +138,13 @@ class ChatCleanupHandler:
 
 
 def _retry_for(pending: list[StillPending]) -> Retry:
-    """One Retry for the message: the first failure's reason, the longest Retry-After."""
+    """One Retry for the message: the first failure's reason, the longest Retry-After.
+
+    A file deferred for its tenant's fair turn counts only when nothing else failed: a deferred
+    Retry spends no delivery, which a real failure must.
+    """
     hints = [p.retry_after_seconds for p in pending if p.retry_after_seconds is not None]
-    first = pending[0]
+    failures = [p for p in pending if p.reason is not RetryReason.DEFERRED]
+    first = (failures or pending)[0]
     detail = f"{len(pending)} attachment(s) still pending; first: {first.detail}"
     return Retry(first.reason, detail, max(hints) if hints else None)

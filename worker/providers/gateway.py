@@ -28,6 +28,7 @@ from worker.providers.limits import (
     CircuitBreaker,
     Clock,
     RouteBusy,
+    RouteDeferred,
     RouteLimiter,
     Sleep,
 )
@@ -49,9 +50,13 @@ CLIENT_TTL_SECONDS = 300.0
 class _RouteState:
     """Everything kept per route: its limiter and breaker."""
 
-    def __init__(self, route: Route, breaker: BreakerPolicy, clock: Clock, sleep: Sleep) -> None:
+    def __init__(
+        self, route: Route, breaker: BreakerPolicy, clock: Clock, sleep: Sleep, fair_queue: float
+    ) -> None:
         self.route = route
-        self.limiter = RouteLimiter(route.max_concurrency, route.max_rps, clock, sleep)
+        self.limiter = RouteLimiter(
+            route.max_concurrency, route.max_rps, clock, sleep, fair_queue_seconds=fair_queue
+        )
         self.breaker = CircuitBreaker(breaker, clock)
 
 
@@ -87,7 +92,9 @@ class ProviderGateway:
         self._clients = ClientCache(self._pool, env, clock, client_ttl_seconds)
         breaker_policy = breaker or BreakerPolicy()
         self._states: dict[RouteId, _RouteState] = {
-            route.route_id: _RouteState(route, breaker_policy, clock, sleep)
+            route.route_id: _RouteState(
+                route, breaker_policy, clock, sleep, config.fair_queue_seconds
+            )
             for route in self._router.routes()
         }
         self._closed = False
@@ -160,7 +167,9 @@ class ProviderGateway:
                 admission,
                 sent=False,
             )
-        return await self._guarded_call(state, admission, client, operation, resource_id)
+        return await self._guarded_call(
+            state, admission, client, operation, resource_id, tenant_id
+        )
 
     async def _guarded_call(
         self,
@@ -169,6 +178,7 @@ class ProviderGateway:
         client: openai.AsyncOpenAI,
         operation: Operation,
         resource_id: str,
+        tenant_id: UUID,
     ) -> DeleteResult:
         """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
         route = state.route
@@ -178,7 +188,9 @@ class ProviderGateway:
 
         async def attempt() -> DeleteResult:
             nonlocal sent
-            result, did_send = await self._attempt(state, client, operation, resource_id, deadline)
+            result, did_send = await self._attempt(
+                state, client, operation, resource_id, deadline, tenant_id
+            )
             sent = sent or did_send
             return result
 
@@ -213,14 +225,16 @@ class ProviderGateway:
         operation: Operation,
         resource_id: str,
         deadline: float,
+        tenant_id: UUID,
     ) -> tuple[DeleteResult, bool]:
         """One HTTP request inside the route's limiter (and whether it was sent at all).
 
-        A 429's Retry-After pauses the route for every caller.
+        A 429's Retry-After pauses the route for every caller. The tenant's turn is fair
+        (``RouteLimiter``); a tenant over its share is deferred without a request.
         """
         route = state.route
         try:
-            async with state.limiter.slot(max_wait_seconds=deadline - self._clock()):
+            async with state.limiter.slot(deadline - self._clock(), tenant_id):
                 timeout = min(route.timeout_seconds, max(0.001, deadline - self._clock()))
                 started = self._clock()
                 result = await self._send(client, route, operation, resource_id, timeout)
@@ -231,6 +245,10 @@ class ProviderGateway:
                 RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds, sent=False
             )
             return unsent, False
+        except RouteDeferred as deferred:
+            detail = f"{route.label}: {deferred.detail}"
+            later = Transient(RetryReason.DEFERRED, detail, deferred.not_before_seconds, sent=False)
+            return later, False
         if isinstance(result, Transient) and result.reason is RetryReason.RATE_LIMITED:
             state.limiter.rate.rate_limited()  # the upstream's 429: slow this route down
             if result.retry_after_seconds:
