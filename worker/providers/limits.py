@@ -256,12 +256,12 @@ class RouteLimiter:
             return
         now = self._clock()
         share = rate / max(1, len(self._queues))  # its rate while the others keep waiting
-        start = max(self._next_turn.get(tenant, now), now + queued / share)
-        self._next_turn[tenant] = start + 1.0 / share
+        turn = max(self._next_turn.get(tenant, now), now + queued / share) + 1.0 / share
+        self._next_turn[tenant] = turn
         self._forget_past_turns(now)
         raise RouteDeferred(
-            f"tenant has its share queued ({queued}); next turn in {seconds_text(start - now)}",
-            start - now,
+            f"tenant has its share queued ({queued}); next turn in {seconds_text(turn - now)}",
+            turn - now,
         )
 
     def _forget_past_turns(self, now: float) -> None:
