@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import psutil
 
 from bench import seed
+from bench.fairness import fairness
 from bench.probes import Database, ProcessGroups, postgres_pids
 from bench.results import Measurement, Target
 from bench.runs import (
@@ -389,4 +390,5 @@ SCENARIOS: dict[str, Scenario] = {
     "B5": b5_scale_out,
     "B6": b6_idle,
     "B7": b7_sql_ceiling,
+    "FAIR": fairness,
 }

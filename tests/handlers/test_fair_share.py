@@ -85,7 +85,7 @@ async def delete_attachments(
     return ids
 
 
-async def rows(conn: Conn, query: str, params: object = None) -> list[dict[str, Any]]:
+async def rows(conn: Conn, query: str, params: Any = None) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
         return await cur.fetchall()

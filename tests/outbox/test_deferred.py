@@ -8,8 +8,10 @@ the hinted time, its next delivery has the same number, and it is never dead-let
 from __future__ import annotations
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
-from worker.models import Message, Ok, Retry, RetryReason
+from worker.db import Conn
+from worker.models import Message, Ok, Outcome, Retry, RetryReason
 from worker.outbox.delivery import RetryPolicy
 
 from .helpers import (
@@ -28,9 +30,11 @@ def _deferred(seconds: float) -> Retry:
     return Retry(RetryReason.DEFERRED, "openai: tenant has its share queued (5)", seconds)
 
 
-async def test_a_deferred_message_is_parked_for_its_turn_without_spending_a_delivery(pool, conn):
+async def test_a_deferred_message_is_parked_for_its_turn_without_spending_a_delivery(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
     await enqueue_many(conn, AQ, 0, range(1))
-    answers = [_deferred(7.5), _deferred(0.2), Ok()]
+    answers: list[Outcome] = [_deferred(7.5), _deferred(0.2), Ok()]
     handler = Recorder(lambda _message: answers.pop(0))
     engine = make_engine(pool, {AQ: handler})
 
@@ -50,7 +54,9 @@ async def test_a_deferred_message_is_parked_for_its_turn_without_spending_a_deli
     assert await dead_letters(conn) == []
 
 
-async def test_deferral_never_dead_letters_and_a_real_retry_still_counts(pool, conn):
+async def test_deferral_never_dead_letters_and_a_real_retry_still_counts(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
     await enqueue_many(conn, AQ, 1, range(1))
     retry = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=2)
 

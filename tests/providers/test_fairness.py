@@ -141,16 +141,16 @@ async def test_no_tenant_starves_behind_a_refilled_backlog() -> None:
     time = FakeTime()
     route = limiter(time, rps=1.0, concurrency=1)
     grants: list[tuple[Hashable, float]] = []
-    stop = asyncio.Event()
+    stop, twenty_turns = asyncio.Event(), asyncio.Event()
 
     async def busy_tenant(name: str) -> None:  # always has calls waiting
         while not stop.is_set():
             await call(route, name, grants, time)
+            if len(grants) >= 20:
+                twenty_turns.set()
 
     workers = [asyncio.create_task(busy_tenant(n)) for n in ("a", "a", "b", "b", "b")]
-    await settle()
-    while len(grants) < 20:
-        await asyncio.sleep(0)
+    await twenty_turns.wait()
     joined_at = len(grants)
     await call(route, "late", grants, time)
     stop.set()

@@ -167,9 +167,7 @@ class ProviderGateway:
                 admission,
                 sent=False,
             )
-        return await self._guarded_call(
-            state, admission, client, operation, resource_id, tenant_id
-        )
+        return await self._guarded_call(state, admission, client, operation, resource_id, tenant_id)
 
     async def _guarded_call(
         self,
