@@ -148,8 +148,10 @@ class RouteLimiter:
        all of it, and a tenant that starts waiting gets a turn within n grants (no starvation).
     2. **Bounded queues.** A tenant may have at most ``ceil(rate x fair_queue_seconds)`` calls
        waiting (at least one). A call beyond that raises ``RouteDeferred`` with the tenant's next
-       turn in a virtual schedule (its share of the rate, after what it already has queued or
-       deferred): the engine parks the message until then. So a backlog of one tenant never
+       turn in a virtual schedule (its share of ``max_rps``, after what it already has queued
+       or deferred): the engine parks the message until then, spending none of its
+       deliveries. Parked messages come back at the tenant's share of the budget, so the
+       budget keeps being used while the queues stay short. So a backlog of one tenant never
        holds all handler slots, and the cursor of the partition it shares with other tenants
        moves past it in seconds, parking it, instead of at the route's rate.
 
@@ -249,13 +251,15 @@ class RouteLimiter:
     def _defer_if_over_share(self, tenant: Tenant) -> None:
         if self._fair_queue_seconds <= 0:
             return
-        rate = self.rate.rate
-        allowed = max(1, math.ceil(rate * self._fair_queue_seconds))
+        allowed = max(1, math.ceil(self.rate.rate * self._fair_queue_seconds))
         queued = self.waiting(tenant)
         if queued < allowed:
             return
         now = self._clock()
-        share = rate / max(1, len(self._queues))  # its rate while the others keep waiting
+        # Its rate while the others keep waiting, at the route's full rate: a schedule made
+        # while a 429 had lowered the rate would bring the parked messages back slower than the
+        # budget once it recovered, and tokens would go unused. Too early only costs a re-park.
+        share = self.rate.max_rps / max(1, len(self._queues))
         turn = max(self._next_turn.get(tenant, now), now + queued / share) + 1.0 / share
         self._next_turn[tenant] = turn
         self._forget_past_turns(now)
