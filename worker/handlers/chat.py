@@ -120,7 +120,8 @@ class ChatCleanupHandler:
                 case Deleted():
                     pass
                 case Transient(reason=reason, detail=detail, retry_after_seconds=after):
-                    metrics.cleanup_retry(VECTOR_STORE, reason)
+                    if reason is not RetryReason.DEFERRED:  # waiting for a fair turn: no retry
+                        metrics.cleanup_retry(VECTOR_STORE, reason)
                     return Retry(reason, f"vector store: {detail}", after)
                 case Permanent(detail=detail):
                     metrics.cleanup_failed(VECTOR_STORE)
