@@ -24,11 +24,15 @@ from uuid import UUID
 import pytest
 from factories import create_attachment, create_chat
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from handlers.support import KEYS, build_config
+from handlers.test_units import InProcessProvider, deleted_chat_with_files, handler, message
 from worker import producer
 from worker.config import Config, ObservabilityConfig
 from worker.db import Conn
+from worker.models import Retry, RetryReason
+from worker.providers.results import Transient
 from worker.runtime.app import App, open_app
 from worker.runtime.daemon import Daemon
 from worker.sandbox.fake_openai import FakeOpenAI
@@ -169,3 +173,28 @@ async def test_light_tenant_finishes_while_the_heavy_one_keeps_most_of_its_backl
     # Parked only for a fair turn: not one delivery spent on waiting.
     parked = await rows(conn, "SELECT reason, deliveries FROM cleanup_worker_retries")
     assert {(r["reason"], r["deliveries"]) for r in parked} <= {("deferred", 1)}
+
+
+async def test_a_chat_with_a_failed_and_a_deferred_file_spends_a_delivery(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """A deferred Retry spends no delivery, so it may stand for the message only when no other
+    file of the chat failed: else a chat could be retried past max_deliveries for ever."""
+    chat, _ = await deleted_chat_with_files(conn, 3)
+    # In the order the chat path handles them: the deferred file comes first.
+    files = [r["provider_file_id"] for r in await rows(
+        conn, "SELECT provider_file_id FROM attachments WHERE chat_id = %s ORDER BY id", (chat.id,)
+    )]  # fmt: skip
+    deferred = Transient(RetryReason.DEFERRED, "openai: tenant has its share queued (5)", 0.5)
+    failed = Transient(RetryReason.SERVER_ERROR, "HTTP 503 from openai", None)
+    mixed = InProcessProvider(answers={files[0]: deferred, files[2]: failed})
+    only_deferred = InProcessProvider(answers={f: deferred for f in files})
+
+    first = await handler(pool, mixed, 8)(message(chat))
+    second = await handler(pool, only_deferred, 8)(message(chat))
+
+    assert isinstance(first, Retry)
+    assert first.reason is RetryReason.SERVER_ERROR
+    assert isinstance(second, Retry)
+    assert second.reason is RetryReason.DEFERRED
+    assert second.not_before_seconds == 0.5
