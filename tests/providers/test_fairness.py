@@ -196,3 +196,25 @@ async def test_bound_off_means_no_deferral() -> None:
     await asyncio.gather(*(call(route, "only", grants, time) for _ in range(20)))
 
     assert len(grants) == 20
+
+
+async def test_a_turn_beyond_the_call_budget_is_refused_at_once() -> None:
+    """Its round-robin turn is known: a call that would wait past its budget does not wait."""
+    time = FakeTime()
+    time.running.clear()
+    route = limiter(time, rps=1.0)
+    grants: list[tuple[Hashable, float]] = []
+    heavy = [asyncio.create_task(call(route, "heavy", grants, time)) for _ in range(4)]
+    await settle()  # one went with the saved token; three wait, one token a second
+
+    with pytest.raises(RouteBusy) as busy:
+        async with route.slot(1.5, "light"):
+            pytest.fail("granted a turn two tokens away within 1.5 s")
+    # Within budget: one heavy call, then light's turn (not after all three heavy ones).
+    light = asyncio.create_task(call(route, "light", grants, time))
+    await settle()
+    time.running.set()
+    await asyncio.gather(*heavy, light)
+
+    assert busy.value.retry_after_seconds == pytest.approx(2.0)
+    assert [t for t, _ in grants] == ["heavy", "heavy", "light", "heavy", "heavy"]

@@ -224,6 +224,9 @@ class RouteLimiter:
 
     async def _wait_for_turn(self, tenant: Tenant, max_wait_seconds: float) -> None:
         self._defer_if_over_share(tenant)
+        if (expected := self._expected_wait(tenant)) > max_wait_seconds:
+            # Waiting would only hold a handler slot until the budget runs out.
+            raise RouteBusy(f"request rate limit: turn in {seconds_text(expected)}", expected)
         turn = asyncio.get_running_loop().create_future()
         self._queues.setdefault(tenant, deque()).append(turn)
         if self._dispatcher is None:
@@ -240,7 +243,7 @@ class RouteLimiter:
                 self._forget(tenant, turn)
             if isinstance(exc, TimeoutError):
                 raise RouteBusy(
-                    self._busy_detail(max_wait_seconds), self._expected_wait()
+                    self._busy_detail(max_wait_seconds), self._expected_wait(tenant)
                 ) from None
             raise
 
@@ -326,10 +329,17 @@ class RouteLimiter:
             return f"all {self._max_concurrency} slots busy for {seconds_text(waited)}"
         return f"request rate limit: no turn within {seconds_text(waited)}"
 
-    def _expected_wait(self) -> float:
-        """Roughly when a call queued now would get its turn (a retry hint)."""
-        queued = sum(len(q) for q in self._queues.values())
-        return max(self.pause_remaining(), (queued + 1) / max(self.rate.rate, 1e-9))
+    def _expected_wait(self, tenant: Tenant) -> float:
+        """Roughly when a call of ``tenant`` queued now would get its turn.
+
+        In round-robin order it waits for its tenant's queued calls and, of every other
+        tenant, for as many as that (plus one): its turn is that many tokens away.
+        """
+        mine = self.waiting(tenant)
+        ahead = mine + sum(
+            min(len(queue), mine + 1) for other, queue in self._queues.items() if other != tenant
+        )
+        return max(self.pause_remaining(), (ahead + 1) / max(self.rate.rate, 1e-9))
 
 
 class Admission(Enum):
