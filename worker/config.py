@@ -131,7 +131,7 @@ class ProvidersConfig:
     tenants: dict[str, dict[str, TenantOverride]] = field(default_factory=dict)
     # Seconds of a route's rate one tenant may have queued; beyond, its calls are deferred
     # (parked for their fair turn). 0 = no bound (worker/providers/limits.py, RouteLimiter).
-    fair_queue_seconds: float = 0.25
+    fair_queue_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
