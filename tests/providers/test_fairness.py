@@ -218,3 +218,37 @@ async def test_a_turn_beyond_the_call_budget_is_refused_at_once() -> None:
 
     assert busy.value.retry_after_seconds == pytest.approx(2.0)
     assert [t for t, _ in grants] == ["heavy", "heavy", "light", "heavy", "heavy"]
+
+
+async def test_when_slots_are_the_limit_the_share_follows_what_the_slots_serve() -> None:
+    """2 slots, calls of 1 s: the route serves 2/s whatever its token rate (100/s). A tenant's
+    queue bound and its deferral schedule follow those 2/s, not the unused tokens."""
+    time = FakeTime()
+    time.running.clear()
+    route = limiter(time, rps=100.0, concurrency=2, fair_queue=1.0)
+
+    answer = asyncio.Event()
+    answer.set()
+
+    async def one_second_call() -> None:
+        async with route.slot(BIG_WAIT, "only"):
+            await answer.wait()
+            time.now += 1.0  # the request takes a second
+
+    for _ in range(5):  # how long calls hold their slot is learnt from the calls
+        await one_second_call()
+    answer.clear()
+    holders = [asyncio.create_task(one_second_call()) for _ in range(2 + 2)]
+    await settle()  # 2 hold the slots, 2 wait: its share of 2/s x 1 s
+
+    with pytest.raises(RouteDeferred) as first:
+        await one_second_call()
+    with pytest.raises(RouteDeferred) as second:
+        await one_second_call()
+    time.running.set()
+    answer.set()
+    await asyncio.gather(*holders)
+
+    # Next turns after the 2 queued, half a second apart (2/s), not 1/100 s apart.
+    assert first.value.not_before_seconds == pytest.approx(1.5)
+    assert second.value.not_before_seconds - first.value.not_before_seconds == pytest.approx(0.5)

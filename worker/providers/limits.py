@@ -136,6 +136,7 @@ Tenant = Hashable  # whose budget a call spends (a tenant id; None for "nobody i
 # finish in 12 s, 0.25 s in 6-7 s, 0.1 s in 3.5 s (bench FAIR), the busy tenant keeping 0.94
 # of the budget each time (the token bucket's burst covers the gaps between retrier rounds).
 FAIR_QUEUE_SECONDS = 0.1
+HOLD_SMOOTHING = 0.1  # weight of the newest call in the moving average of slot hold times
 
 
 class RouteLimiter:
@@ -149,13 +150,15 @@ class RouteLimiter:
        quanta: while n tenants wait, each gets 1/n of the route's budget, a tenant alone gets
        all of it, and a tenant that starts waiting gets a turn within n grants (no starvation).
     2. **Bounded queues.** A tenant may have at most ``ceil(rate x fair_queue_seconds)`` calls
-       waiting (at least one). A call beyond that raises ``RouteDeferred`` with the tenant's next
-       turn in a virtual schedule (its share of ``max_rps``, after what it already has queued
-       or deferred): the engine parks the message until then, spending none of its
-       deliveries. Parked messages come back at the tenant's share of the budget, so the
-       budget keeps being used while the queues stay short. So a backlog of one tenant never
-       holds all handler slots, and the cursor of the partition it shares with other tenants
-       moves past it in seconds, parking it, instead of at the route's rate.
+       waiting (at least one), ``rate`` being what the route serves: its token rate, or fewer
+       when its slots are the limit (``max_concurrency`` / the calls' average duration). A
+       call beyond that raises ``RouteDeferred`` with the tenant's next turn in a virtual
+       schedule (its share of that rate at ``max_rps``, after what it already has queued or
+       deferred): the engine parks the message until then, spending none of its deliveries.
+       Parked messages come back at the tenant's share of the budget, so the budget keeps
+       being used while the queues stay short. So a backlog of one tenant never holds all
+       handler slots, and the cursor of the partition it shares with other tenants moves past
+       it in seconds, parking it, instead of at the route's rate.
 
     Invariant: every call either is granted exactly one slot and one token (released / spent
     when its context exits), or raises ``RouteBusy`` / ``RouteDeferred`` having taken neither.
@@ -179,6 +182,7 @@ class RouteLimiter:
         self._clock = clock
         self._sleep = sleep
         self._fair_queue_seconds = fair_queue_seconds
+        self._hold_seconds: float | None = None  # how long calls hold a slot (moving average)
         # Tenants with waiting calls, in turn order (the first one is served next).
         self._queues: OrderedDict[Tenant, deque[asyncio.Future[None]]] = OrderedDict()
         self._next_turn: dict[Tenant, float] = {}  # end of each tenant's deferral schedule
@@ -209,10 +213,26 @@ class RouteLimiter:
             raise RouteBusy(f"paused by Retry-After for {seconds_text(pause)} more", pause)
         if not self._take_turn_now():
             await self._wait_for_turn(tenant, max_wait_seconds)
+        granted_at = self._clock()
         try:
             yield
         finally:
             self._release()
+            self._observe_hold(self._clock() - granted_at)
+
+    def _observe_hold(self, seconds: float) -> None:
+        """Track how long a call holds its slot (an exponential moving average)."""
+        if self._hold_seconds is None:
+            self._hold_seconds = seconds
+        else:
+            self._hold_seconds += HOLD_SMOOTHING * (seconds - self._hold_seconds)
+
+    def _throughput(self, rate: float) -> float:
+        """Calls per second the route serves at ``rate``: fewer when its slots are the limit
+        (``max_concurrency`` calls of the observed duration at a time)."""
+        if not self._hold_seconds:
+            return rate
+        return min(rate, self._max_concurrency / self._hold_seconds)
 
     def _take_turn_now(self) -> bool:
         """Take a slot and a token at once when nobody waits and both are free."""
@@ -256,15 +276,16 @@ class RouteLimiter:
     def _defer_if_over_share(self, tenant: Tenant) -> None:
         if self._fair_queue_seconds <= 0:
             return
-        allowed = max(1, math.ceil(self.rate.rate * self._fair_queue_seconds))
+        allowed = max(1, math.ceil(self._throughput(self.rate.rate) * self._fair_queue_seconds))
         queued = self.waiting(tenant)
         if queued < allowed:
             return
         now = self._clock()
-        # Its rate while the others keep waiting, at the route's full rate: a schedule made
-        # while a 429 had lowered the rate would bring the parked messages back slower than the
-        # budget once it recovered, and tokens would go unused. Too early only costs a re-park.
-        share = self.rate.max_rps / max(1, len(self._queues))
+        # Its rate while the others keep waiting, at the route's full rate (max_rps, or what
+        # its slots allow): a schedule made while a 429 had lowered the rate would bring the
+        # parked messages back slower than the budget once it recovered, and tokens would go
+        # unused. Too early only costs parking again.
+        share = self._throughput(self.rate.max_rps) / max(1, len(self._queues))
         turn = max(self._next_turn.get(tenant, now), now + queued / share) + 1.0 / share
         self._next_turn[tenant] = turn
         self._forget_past_turns(now)
