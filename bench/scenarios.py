@@ -1,4 +1,5 @@
-"""The benchmarks B1..B7 of the performance issue; each returns its measurements.
+"""The benchmarks B1..B7 of the performance issue (and FAIR, bench/fairness.py); each returns
+its measurements.
 
 Every comparison (ours vs PGQueuer, ours vs the original model, achieved vs ideal, N replicas
 vs one, worker vs the raw statements) is measured within the same call, on the same database
