@@ -252,3 +252,22 @@ async def test_when_slots_are_the_limit_the_share_follows_what_the_slots_serve()
     # Next turns after the 2 queued, half a second apart (2/s), not 1/100 s apart.
     assert first.value.not_before_seconds == pytest.approx(1.5)
     assert second.value.not_before_seconds - first.value.not_before_seconds == pytest.approx(0.5)
+
+
+async def test_a_pause_set_while_a_turn_waits_for_its_token_holds_that_turn_back() -> None:
+    """A 429's Retry-After arriving while the next turn waits for its token: no call goes out
+    before the pause ends."""
+    time = FakeTime()
+    time.running.clear()
+    route = limiter(time, rps=1.0)
+    grants: list[tuple[Hashable, float]] = []
+    calls = [asyncio.create_task(call(route, t, grants, time)) for t in ("a", "b")]
+    await settle()  # a took the saved token; b's turn waits a second for the next one
+
+    route.pause_for(5.0)
+    time.running.set()
+    await asyncio.gather(*calls)
+
+    assert grants[0] == ("a", 0.0)
+    assert grants[1][0] == "b"
+    assert grants[1][1] >= 5.0

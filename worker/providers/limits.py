@@ -321,6 +321,9 @@ class RouteLimiter:
                 delay = self._bucket.reserve()
                 if delay > 0:
                     await self._sleep(delay)
+                    if self.pause_remaining():  # a 429 came meanwhile: wait for its pause
+                        self._bucket.refund()
+                        continue
                 turn = self._next_waiting_call()
                 if turn is None:
                     self._bucket.refund()
