@@ -110,6 +110,10 @@ SELECT coalesce(sum(processed_seq), 0)::bigint FROM modkit_outbox_processor;
 -- Attachments whose cleanup finished (the rate-limited benchmark's progress).
 SELECT count(*) FROM attachments WHERE cleanup_status = 'done';
 
+-- name: tenant_attachments_done
+-- One tenant's attachment cleanups finished (the fairness benchmark's progress per tenant).
+SELECT count(*) FROM attachments WHERE cleanup_status = 'done' AND tenant_id = %(tenant)s;
+
 -- name: chats_done
 -- Deleted chats whose cleanup finished (their vector-store row, the completion marker, is gone).
 SELECT count(*) FROM chats c

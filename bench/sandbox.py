@@ -56,8 +56,15 @@ class WorkerSettings:
     provider_max_rps: float = 50.0
     file_concurrency: int = 8
     log_level: str = "info"
+    fair_queue_seconds: float | None = None  # None: the product's default
 
     def config(self, *, dsn: str, provider_url: str, http_port: int) -> dict[str, Any]:
+        config = self._config(dsn=dsn, provider_url=provider_url, http_port=http_port)
+        if self.fair_queue_seconds is not None:
+            config["providers"]["fair_queue_seconds"] = self.fair_queue_seconds
+        return config
+
+    def _config(self, *, dsn: str, provider_url: str, http_port: int) -> dict[str, Any]:
         return {
             "database": {"dsn": dsn, "pool_min_size": 2, "pool_max_size": self.pool_max_size},
             "outbox": {"concurrency": self.concurrency, "batch_size": self.batch_size},

@@ -1,4 +1,5 @@
-"""The benchmarks B1..B7 of the performance issue; each returns its measurements.
+"""The benchmarks B1..B7 of the performance issue (and FAIR, bench/fairness.py); each returns
+its measurements.
 
 Every comparison (ours vs PGQueuer, ours vs the original model, achieved vs ideal, N replicas
 vs one, worker vs the raw statements) is measured within the same call, on the same database
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 import psutil
 
 from bench import seed, tables
+from bench.fairness import fairness
 from bench.probes import Database, ProcessGroups, postgres_pids
 from bench.results import Measurement, Target
 from bench.runs import (
@@ -397,4 +399,5 @@ SCENARIOS: dict[str, Scenario] = {
     "B6": b6_idle,
     "B7": b7_sql_ceiling,
     "TABLES": tables_at_scale,
+    "FAIR": fairness,
 }

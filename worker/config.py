@@ -148,6 +148,9 @@ class ProvidersConfig:
     route_suspicion: RouteSuspicionConfig = field(default_factory=RouteSuspicionConfig)
     # tenant uuid (lower-case string) -> backend label -> override
     tenants: dict[str, dict[str, TenantOverride]] = field(default_factory=dict)
+    # Seconds of a route's rate one tenant may have queued; beyond, its calls are deferred
+    # (parked for their fair turn). 0 = no bound (worker/providers/limits.py, RouteLimiter).
+    fair_queue_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ _RULES: dict[tuple[type, str], _Rule] = {
     (CircuitBreakerConfig, "failure_threshold"): _range(1, 1000, integer=True),
     (CircuitBreakerConfig, "cooldown_seconds"): _range(0, 3600, open_lo=True),
     (RouteSuspicionConfig, "not_found_threshold"): _range(1, 100_000, integer=True),
+    (ProvidersConfig, "fair_queue_seconds"): _range(0, 60),
     (CleanupConfig, "file_concurrency"): _INT_1K,
     (ObservabilityConfig, "http_host"): _regex("a host name or IP address", r"\S+"),
     (ObservabilityConfig, "http_port"): _range(0, 65535, integer=True),

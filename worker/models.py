@@ -32,6 +32,7 @@ class RetryReason(StrEnum):
     HANDLER_TIMEOUT = "handler_timeout"  # the handler outlived its budget
     HANDLER_ERROR = "handler_error"  # a bug: unexpected exception in a handler
     INTERRUPTED = "interrupted"  # the worker shut down mid-message: due again at once
+    DEFERRED = "deferred"  # the tenant had its fair share of a busy route: its turn comes later
 
 
 @dataclass(frozen=True)

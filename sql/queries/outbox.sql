@@ -204,6 +204,8 @@ SELECT (SELECT count(*) FROM new_dead) + (SELECT count(*) FROM dead_again) AS de
 -- token per row and acquisition, as for partitions (lease_partitions). A delivery is counted
 -- only when the row's previous lease ended with an outcome: after an expired lease (a crash, a
 -- lost lease) the number is reused and the row is "suspect", handled alone (isolation.py).
+-- A message parked only for its tenant's fair turn (reason 'deferred') was not handled: no
+-- delivery either.
 WITH due AS (
     SELECT r.id, r.locked_by IS NOT NULL AS suspect FROM cleanup_worker_retries r
     JOIN modkit_outbox_partitions p ON p.id = r.partition_id
@@ -217,7 +219,8 @@ WITH due AS (
 UPDATE cleanup_worker_retries r
 SET locked_by = %(worker_id)s || '/' || gen_random_uuid(),
     locked_until = now() + make_interval(secs => %(lease_seconds)s),
-    deliveries = r.deliveries + CASE WHEN due.suspect THEN 0 ELSE 1 END, updated_at = now()
+    deliveries = r.deliveries + CASE WHEN due.suspect OR r.reason = 'deferred' THEN 0 ELSE 1 END,
+    updated_at = now()
 FROM due, modkit_outbox_partitions p
 WHERE r.id = due.id AND p.id = r.partition_id
 RETURNING r.id, r.locked_by, due.suspect, p.queue, p.partition, r.partition_id, r.seq,

@@ -122,7 +122,8 @@ class ChatCleanupHandler:
                 case Deleted():
                     pass
                 case Transient(reason=reason, detail=detail, retry_after_seconds=after):
-                    metrics.cleanup_retry(VECTOR_STORE, reason)
+                    if reason is not RetryReason.DEFERRED:  # waiting for a fair turn: no retry
+                        metrics.cleanup_retry(VECTOR_STORE, reason)
                     return Retry(reason, f"vector store: {detail}", after)
                 case Permanent(detail=detail):
                     metrics.cleanup_failed(VECTOR_STORE)
@@ -140,8 +141,13 @@ class ChatCleanupHandler:
 
 
 def _retry_for(pending: list[StillPending]) -> Retry:
-    """One Retry for the message: the first failure's reason, the longest Retry-After."""
+    """One Retry for the message: the first failure's reason, the longest Retry-After.
+
+    A file deferred for its tenant's fair turn counts only when nothing else failed: a deferred
+    Retry spends no delivery, which a real failure must.
+    """
     hints = [p.retry_after_seconds for p in pending if p.retry_after_seconds is not None]
-    first = pending[0]
+    failures = [p for p in pending if p.reason is not RetryReason.DEFERRED]
+    first = (failures or pending)[0]
     detail = f"{len(pending)} attachment(s) still pending; first: {first.detail}"
     return Retry(first.reason, detail, max(hints) if hints else None)

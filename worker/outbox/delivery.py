@@ -88,6 +88,10 @@ def settle(handled: Handled, policy: RetryPolicy, rng: random.Random) -> Settled
             return Settled(handled, "reject", "reject", reason, 0.0)
         case Retry(reason=reason, detail=detail, not_before_seconds=hint):
             error = f"{reason.value}: {detail}" if detail else reason.value
+            if reason is RetryReason.DEFERRED:
+                # Not a failure: parked until the tenant's fair turn (exactly that long, no
+                # backoff), and lease_due_retries does not count the delivery it did not use.
+                return Settled(handled, "retry", reason.value, error, max(0.0, hint or 0.0))
             if delivery >= policy.max_deliveries:
                 final = f"max deliveries ({policy.max_deliveries}) reached; last error: {error}"
                 return Settled(handled, "reject", "max_deliveries", final, 0.0)
@@ -292,6 +296,8 @@ def _log_outcome(outcome: Outcome, seconds: float) -> None:
     match outcome:
         case Ok():
             log.info("message_handled", outcome="ok", duration_ms=duration_ms)
+        case Retry(reason=RetryReason.DEFERRED, detail=detail):
+            log.info("message_handled", outcome="deferred", detail=detail, duration_ms=duration_ms)
         case Retry(reason=reason, detail=detail):
             log.warning(
                 "message_handled",

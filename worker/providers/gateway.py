@@ -29,6 +29,7 @@ from worker.providers.limits import (
     CircuitBreaker,
     Clock,
     RouteBusy,
+    RouteDeferred,
     RouteLimiter,
     Sleep,
 )
@@ -66,9 +67,12 @@ class _RouteState:
         clock: Clock,
         sleep: Sleep,
         suspect_after_not_found: int,
+        fair_queue: float,
     ) -> None:
         self.route = route
-        self.limiter = RouteLimiter(route.max_concurrency, route.max_rps, clock, sleep)
+        self.limiter = RouteLimiter(
+            route.max_concurrency, route.max_rps, clock, sleep, fair_queue_seconds=fair_queue
+        )
         self.breaker = CircuitBreaker(breaker, clock)
         self.streak = NotFoundStreak(suspect_after_not_found)
 
@@ -108,7 +112,9 @@ class ProviderGateway:
         breaker_policy = breaker or BreakerPolicy()
         threshold = config.route_suspicion.not_found_threshold
         self._states: dict[RouteId, _RouteState] = {
-            route.route_id: _RouteState(route, breaker_policy, clock, sleep, threshold)
+            route.route_id: _RouteState(
+                route, breaker_policy, clock, sleep, threshold, config.fair_queue_seconds
+            )
             for route in self._router.routes()
         }
         self._closed = False
@@ -201,7 +207,7 @@ class ProviderGateway:
                 sent=False,
             )
         target = Target(route.flavor, _RESOURCES[operation], resource_id)
-        result = await self._guarded_call(state, admission, client, operation, target)
+        result = await self._guarded_call(state, admission, client, operation, target, tenant_id)
         return await self._judge_streak(state, target, result)
 
     async def _judge_streak(
@@ -233,6 +239,7 @@ class ProviderGateway:
         client: openai.AsyncOpenAI,
         operation: Operation,
         target: Target,
+        tenant_id: UUID,
     ) -> DeleteResult:
         """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
         route = state.route
@@ -242,7 +249,9 @@ class ProviderGateway:
 
         async def attempt() -> DeleteResult:
             nonlocal sent
-            result, did_send = await self._attempt(state, client, operation, target, deadline)
+            result, did_send = await self._attempt(
+                state, client, operation, target, deadline, tenant_id
+            )
             sent = sent or did_send
             return result
 
@@ -277,14 +286,16 @@ class ProviderGateway:
         operation: Operation,
         target: Target,
         deadline: float,
+        tenant_id: UUID,
     ) -> tuple[DeleteResult, bool]:
         """One HTTP request inside the route's limiter (and whether it was sent at all).
 
-        A 429's Retry-After pauses the route for every caller.
+        A 429's Retry-After pauses the route for every caller. The tenant's turn is fair
+        (``RouteLimiter``); a tenant over its share is deferred without a request.
         """
         route = state.route
         try:
-            async with state.limiter.slot(max_wait_seconds=deadline - self._clock()):
+            async with state.limiter.slot(deadline - self._clock(), tenant_id):
                 timeout = min(route.timeout_seconds, max(0.001, deadline - self._clock()))
                 started = self._clock()
                 result = await self._send(client, route, operation, target, timeout)
@@ -295,6 +306,10 @@ class ProviderGateway:
                 RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds, sent=False
             )
             return unsent, False
+        except RouteDeferred as deferred:
+            detail = f"{route.label}: {deferred.detail}"
+            later = Transient(RetryReason.DEFERRED, detail, deferred.not_before_seconds, sent=False)
+            return later, False
         if isinstance(result, Transient) and result.reason is RetryReason.RATE_LIMITED:
             state.limiter.rate.rate_limited()  # the upstream's 429: slow this route down
             if result.retry_after_seconds:
