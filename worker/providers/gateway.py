@@ -48,6 +48,8 @@ from worker.providers.suspicion import NotFoundStreak, RouteHealthListener
 
 # Cached clients are rebuilt this often, re-reading keys: rotated secrets apply within 5 min.
 CLIENT_TTL_SECONDS = 300.0
+# A receipt keeps the provider's request id (OpenAI's are ~40 characters); a longer header is cut.
+REQUEST_ID_MAX_CHARS = 128
 
 
 _RESOURCES: dict[Operation, ResourceKind] = {
@@ -314,17 +316,36 @@ class ProviderGateway:
         try:
             raw = await send_delete(client, operation, target.resource_id, timeout_seconds)
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            return classify_exception(
+            result = classify_exception(
                 exc,
                 backend=route.label,
                 timeout_seconds=timeout_seconds,
                 wall_now=self._wall_clock(),
                 target=target,
             )
-        return classify_response(raw.status_code, raw.parse, backend=route.label)
+            response = getattr(exc, "response", None)
+            if isinstance(response, httpx2.Response):
+                return _with_evidence(result, route, response.status_code, response.headers)
+            return result
+        result = classify_response(raw.status_code, raw.parse, backend=route.label)
+        return _with_evidence(result, route, raw.status_code, raw.headers)
 
     def _observe(self, backend: str, operation: str, result: DeleteResult, seconds: float) -> None:
         if self._observer is not None:
             self._observer.observe(
                 backend=backend, operation=operation, outcome=outcome_label(result), seconds=seconds
             )
+
+
+def _with_evidence(
+    result: DeleteResult, route: Route, status: int, headers: Mapping[str, str]
+) -> DeleteResult:
+    """A ``Deleted`` carries what its receipt records: status, request id, route (SPEC §14)."""
+    if not isinstance(result, Deleted):
+        return result
+    return dataclasses.replace(
+        result,
+        http_status=status,
+        request_id=(headers.get("x-request-id") or "")[:REQUEST_ID_MAX_CHARS] or None,
+        route=route.describe(),
+    )

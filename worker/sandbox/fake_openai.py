@@ -43,6 +43,7 @@ import struct
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,7 @@ class RecordedRequest:
     flavor: Flavor
     at: float  # arrival, time.monotonic()
     deleted: bool = False  # answered "deleted": true, i.e. this request removed the resource
+    request_id: str | None = None  # the x-request-id header it was answered with
 
 
 @dataclass(frozen=True)
@@ -560,8 +562,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
         else:
             answer = fake._answer(request, route, fault)
+        # Every answer names its request, as OpenAI's x-request-id does (receipts keep it).
+        request_id = f"req_{uuid.uuid4().hex}"
+        answer = dataclasses.replace(answer, headers={**answer.headers, "x-request-id": request_id})
         # Recorded before answering, so a client holding its answer also finds it in the log.
-        fake._record(dataclasses.replace(request, status=answer.status, deleted=answer.deleted))
+        fake._record(
+            dataclasses.replace(
+                request, status=answer.status, deleted=answer.deleted, request_id=request_id
+            )
+        )
         self._send(answer, fault.headers if fault is not None else {})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
