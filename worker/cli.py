@@ -357,6 +357,60 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
     _run(go())
 
 
+@cli.command("receipts")
+@click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant.")
+@click.option("--chat-id", type=click.UUID, help="Only this chat.")
+@click.option("--attachment-id", type=click.UUID, help="Only this attachment.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only receipts from this time on: ISO 8601 (2026-01-31T00:00:00Z) or a duration ago "
+    "(24h, 30d).",
+)
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of receipts.")
+@click.pass_obj
+def receipts_cmd(
+    g: Globals,
+    tenant_id: UUID | None,
+    chat_id: UUID | None,
+    attachment_id: UUID | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show deletion receipts: the evidence that provider files and vector stores were erased.
+
+    One receipt per provider delete that ended gone: object kind and id, tenant, chat,
+    attachment, route, HTTP status, outcome (deleted / already_gone), the provider's
+    x-request-id, time and worker id; newest first. Kept audit.receipt_retention_days.
+
+    Exit 0 shown (also when none match), 2 a bad option, 3 the database cannot be reached.
+
+    \b
+    Example:
+      cleanup-worker receipts --tenant 7d1c...-... --since 30d --json
+    """
+    from worker.runtime.receipts import ReceiptFilter, list_receipts
+    from worker.runtime.timespec import parse_since
+
+    when = parse_since(since, option="--since") if since is not None else None
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                rows = await list_receipts(
+                    conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
+                )
+        if as_json:
+            _emit_json([row.as_json() for row in rows])
+        else:
+            click.echo(render.receipts(rows))
+
+    _run(go())
+
+
 @cli.command("check-config")
 @click.pass_obj
 def check_config_cmd(g: Globals) -> int:

@@ -14,6 +14,7 @@ import click
 if TYPE_CHECKING:
     from worker.outbox.dead_letters import DeadLetter
     from worker.runtime.drain import DrainSummary
+    from worker.runtime.receipts import ReceiptRow
     from worker.runtime.status import Status
 
 
@@ -236,3 +237,18 @@ def demo_summary(summary: dict[str, Any], *, dsn: str, keep: bool, stop_hint: st
             "(re-run with --keep to try them here).",
         ]
     return "\n".join(lines)
+
+
+def receipts(rows: Sequence[ReceiptRow]) -> str:
+    """The ``receipts`` table: one line per provider delete, newest first."""
+    if not rows:
+        return "no receipts match"
+    return table(
+        ["deleted_at", "kind", "object", "outcome", "status", "tenant", "chat", "attachment",
+         "route", "request_id"],
+        [
+            [r.deleted_at.isoformat(timespec="seconds"), r.object_kind, r.object_id, r.outcome,
+             r.http_status, r.tenant_id, r.chat_id, r.attachment_id, r.route, r.request_id]
+            for r in rows
+        ],
+    )  # fmt: skip

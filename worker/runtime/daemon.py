@@ -27,6 +27,7 @@ from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
+from worker.runtime.receipts import prune_receipts
 from worker.runtime.reporting import record_round
 from worker.runtime.status import refresh_backlog
 
@@ -149,6 +150,8 @@ class Daemon:
 
     async def _vacuum(self) -> bool:
         await self.app.engine.vacuum()
+        retention = self.app.config.audit.receipt_retention_days
+        await prune_receipts(self.app.pool, retention_days=retention)
         return False
 
     async def _refresh_backlog(self) -> bool:
