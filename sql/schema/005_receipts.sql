@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS cleanup_worker_receipts (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     object_kind   VARCHAR(16) NOT NULL CHECK (object_kind IN ('file', 'vector_store')),
     object_id     VARCHAR(128) NOT NULL,
-    tenant_id     UUID NOT NULL,
+    tenant_id     UUID,  -- NULL only for an unreferenced file deleted on a shared route
     chat_id       UUID,
     attachment_id UUID,
     backend       VARCHAR(32) NOT NULL,

@@ -125,6 +125,18 @@ class ProviderGateway:
         """Delete a vector store (its files are not deleted by this)."""
         return await self._delete(tenant_id, label, "delete_vector_store", vector_store_id)
 
+    async def delete_file_on_route(self, route: Route, file_id: str) -> DeleteResult:
+        """Delete a file through one given route (reconcile's unreferenced files: no row, so
+        no tenant and label to resolve); the same limits, breaker and suspicion as cleanup."""
+        return await self._delete_on(route, "delete_file", file_id)
+
+    def listing_access(self, route: Route) -> tuple[openai.AsyncOpenAI | Transient, RouteLimiter]:
+        """The route's client and its limiter: a listing shares the route's concurrency, rate
+        and Retry-After pause with the deletes of this process (``worker.providers.listing``)."""
+        if self._closed:
+            raise RuntimeError("ProviderGateway used after aclose()")
+        return self._clients.get(route), self._states[route.route_id].limiter
+
     async def aclose(self) -> None:
         """Close the shared connection pool, once; later calls are a programming error."""
         if self._closed:
@@ -175,11 +187,19 @@ class ProviderGateway:
     ) -> DeleteResult:
         if self._closed:
             raise RuntimeError("ProviderGateway used after aclose()")
-        if not resource_id:
-            return Permanent(f"{operation}: empty resource id")
         route = self._router.resolve(tenant_id, label)
         if isinstance(route, Transient):
-            return route
+            return route if resource_id else Permanent(f"{operation}: empty resource id")
+        return await self._delete_on(route, operation, resource_id)
+
+    async def _delete_on(
+        self, route: Route, operation: Operation, resource_id: str
+    ) -> DeleteResult:
+        if self._closed:
+            raise RuntimeError("ProviderGateway used after aclose()")
+        if not resource_id:
+            return Permanent(f"{operation}: empty resource id")
+        label = route.label
         client = self._clients.get(route)
         if isinstance(client, Transient):
             return client

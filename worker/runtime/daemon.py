@@ -28,6 +28,7 @@ from worker.observability.http import HealthServer
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
 from worker.runtime.receipts import prune_receipts
+from worker.runtime.reconcile import refresh_leak_gauge
 from worker.runtime.reporting import record_round
 from worker.runtime.status import refresh_backlog
 
@@ -156,6 +157,7 @@ class Daemon:
 
     async def _refresh_backlog(self) -> bool:
         await refresh_backlog(self.app.pool, self.app.metrics, self.app.queues)
+        await refresh_leak_gauge(self.app.pool, self.app.metrics)
         return False
 
     async def _loop(self, name: str, step: Step, idle_seconds: float) -> None:
