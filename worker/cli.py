@@ -360,7 +360,11 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
     _run(go())
 
 
-@cli.command("receipts")
+@cli.command(
+    "receipts",
+    epilog="\b\nExample:\n  cleanup-worker receipts --tenant "
+    "7d1c5e0a-2f4b-4c8e-9a51-0b6f3e2d1c44 --since 30d --json",
+)
 @click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant.")
 @click.option("--chat-id", type=click.UUID, help="Only this chat.")
 @click.option("--attachment-id", type=click.UUID, help="Only this attachment.")
@@ -389,10 +393,6 @@ def receipts_cmd(
     x-request-id, time and worker id; newest first. Kept audit.receipt_retention_days.
 
     Exit 0 shown (also when none match), 2 a bad option, 3 the database cannot be reached.
-
-    \b
-    Example:
-      cleanup-worker receipts --tenant 7d1c...-... --since 30d --json
     """
     from worker.runtime.receipts import ReceiptFilter, list_receipts
     from worker.runtime.timespec import parse_since
@@ -414,7 +414,11 @@ def receipts_cmd(
     _run(go())
 
 
-@cli.command("reconcile")
+@cli.command(
+    "reconcile",
+    epilog="\b\nExamples:\n  cleanup-worker reconcile --json > reconcile.json    # dry run, every route"
+    "\n  cleanup-worker reconcile --backend openai --apply   # then: cleanup-worker drain",
+)
 @click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant's routes and rows.")
 @click.option("--backend", metavar="LABEL", help="Only this backend's routes.")
 @click.option(
@@ -473,11 +477,6 @@ def reconcile_cmd(
     Exit 0 every route listed (findings are in the report), 1 partial: a route's listing or an
     unreferenced delete failed (the other routes are reported), 2 a bad option or
     configuration, 3 the database cannot be reached.
-
-    \b
-    Example:
-      cleanup-worker reconcile --json > reconcile.json      # dry run, every route
-      cleanup-worker reconcile --backend openai --apply     # then: cleanup-worker drain
     """
     config = g.load()
     options = _reconcile_options(
