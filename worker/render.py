@@ -283,7 +283,7 @@ class ReconcileProgress:
 
 def reconcile(report: ReconcileReport) -> str:
     """The reconcile report: totals, one line per route, then every leaked object."""
-    mode = "dry run (nothing changed)" if report.dry_run else "applied"
+    mode = "dry run (listing only; no row changed)" if report.dry_run else "applied"
     lines = [
         f"reconcile: {mode}; grace {report.grace_hours:g}h",
         f"leaked files: {report.leaked_files}   leaked vector stores: "
