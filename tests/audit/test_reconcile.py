@@ -283,3 +283,33 @@ async def test_the_daemons_gauge_shows_the_last_report(stack: Stack) -> None:
     stamp = metrics.registry.get_sample_value("mini_chat_reconcile_last_report_timestamp_seconds")
     assert stamp is not None
     assert stamp > time.time() - 60
+
+
+async def test_a_listing_429_is_retried_within_the_routes_pause(stack: Stack) -> None:
+    world = await build_world(stack)
+    stack.fake.inject(
+        Fault(status=429, headers={"retry-after-ms": "50"}, path_contains="/v1/files", times=1)
+    )
+
+    report = await run(stack)
+
+    assert not report.partial
+    assert leaked(report) == world.leaked_files
+
+
+async def test_a_long_retry_after_fails_the_route_at_once(stack: Stack) -> None:
+    """Retry-After beyond what a page may wait: the route is reported failed after one
+    request (the limiter's pause refuses the rest), the other routes go on."""
+    await build_world(stack)
+    stack.fake.inject(
+        Fault(status=429, headers={"retry-after": "3600"}, path_contains="/tenant-oa/")
+    )
+
+    report = await run(stack)
+
+    [failed] = report.failed_routes
+    assert failed.route == f"openai (tenant {TENANT_OA})"
+    assert [r.path for r in stack.fake.requests() if "/tenant-oa/" in r.path] == [
+        "/tenant-oa/v1/files"
+    ]
+    assert len(report.routes) == 4

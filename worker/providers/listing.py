@@ -78,14 +78,21 @@ async def _page_with_retries(
         result = await _page(client, limiter, route, kind, limit, after)
         if not isinstance(result, Transient | Permanent):
             return result
-        retryable = isinstance(result, Transient) and result.reason in _RETRYABLE
-        if not retryable or attempt == PAGE_ATTEMPTS:
+        after_hint = result.retry_after_seconds if isinstance(result, Transient) else None
+        if not _worth_another_try(result, after_hint) or attempt == PAGE_ATTEMPTS:
             noun = "file" if kind == "file" else "vector-store"
             raise ListingFailed(f"{noun} listing of {route.describe()} failed: {result.detail}")
-        after_hint = result.retry_after_seconds if isinstance(result, Transient) else None
-        await asyncio.sleep(min(MAX_PAGE_WAIT_SECONDS, max(wait, after_hint or 0.0)))
+        await asyncio.sleep(max(wait, after_hint or 0.0))
         wait *= 2
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _worth_another_try(result: Transient | Permanent, after_hint: float | None) -> bool:
+    """A passing failure, and not one that asks for a longer pause than a page may wait: a
+    route paused for an hour fails now (reported), instead of holding every other route up."""
+    if not isinstance(result, Transient) or result.reason not in _RETRYABLE:
+        return False
+    return after_hint is None or after_hint <= MAX_PAGE_WAIT_SECONDS
 
 
 async def _page(
