@@ -200,7 +200,7 @@ TARGETS=(base)
 for k in "$ROOT"/deploy/overlays/*/kustomization.yaml; do
   TARGETS+=("overlays/$(basename "$(dirname "$k")")")
 done
-[[ ${#TARGETS[@]} -ge 3 ]] || { say "FAIL setup: expected deploy/overlays/keda and deploy/overlays/drain-job"; exit 1; }
+[[ ${#TARGETS[@]} -ge 4 ]] || { say "FAIL setup: expected deploy/overlays/keda, drain-job and reconcile-cronjob"; exit 1; }
 
 for t in "${TARGETS[@]}"; do
   n="${t##*/}"

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import click
@@ -48,6 +48,9 @@ from worker.runtime.migrate import migrate as apply_migrations
 from worker.runtime.repair import retry_failed as run_retry_failed
 from worker.runtime.secrets import register_secrets
 from worker.runtime.status import read_status
+
+if TYPE_CHECKING:
+    from worker.runtime.reconcile import ReconcileOptions
 
 T = TypeVar("T")
 EXIT_FAILED, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
@@ -530,6 +533,193 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
         click.echo(render.repair_report(report))
 
     _run(go())
+
+
+@cli.command(
+    "receipts",
+    epilog=_epilog(
+        "cleanup-worker receipts --tenant 7d1c5e0a-2f4b-4c8e-9a51-0b6f3e2d1c44 --since 30d",
+        "cleanup-worker receipts --attachment-id 0ba79834-d41e-4799-a772-b089733b2f07 --json",
+        codes="0 shown (also when none match), 2 a bad option or configuration, 3 database "
+        "unreachable",
+    ),
+)
+@click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant.")
+@click.option("--chat-id", type=click.UUID, help="Only this chat.")
+@click.option("--attachment-id", type=click.UUID, help="Only this attachment.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only receipts from this time on: ISO 8601 (2026-01-31T00:00:00Z) or a duration ago "
+    "(24h, 30d).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="At most this many receipts, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of receipts.")
+@click.pass_obj
+def receipts_cmd(
+    g: Globals,
+    tenant_id: UUID | None,
+    chat_id: UUID | None,
+    attachment_id: UUID | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show deletion receipts: the evidence that provider files and vector stores were erased.
+
+    One receipt per provider delete that ended gone: object kind and id, tenant, chat,
+    attachment, route, HTTP status, outcome (deleted / already_gone), the provider's
+    x-request-id, time and worker id; newest first. Kept audit.receipt_retention_days.
+    """
+    from worker.runtime.receipts import ReceiptFilter, list_receipts
+    from worker.runtime.timespec import parse_since
+
+    when = parse_since(since, option="--since") if since is not None else None
+    config = g.load()
+
+    async def go() -> None:
+        async with await connect(config.database.dsn) as conn:
+            with translate_errors():
+                rows = await list_receipts(
+                    conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
+                )
+        if as_json:
+            _emit_json([row.as_json() for row in rows])
+        else:
+            click.echo(render.receipts(rows))
+
+    _run(go())
+
+
+@cli.command(
+    "reconcile",
+    epilog=_epilog(
+        "cleanup-worker reconcile --json > reconcile.json    # dry run, every route",
+        "cleanup-worker reconcile --backend openai --apply   # then: cleanup-worker drain",
+        codes="0 every route listed (findings are in the report), 1 partial: a route's listing "
+        "or an unreferenced delete failed (the other routes are reported), 2 a bad option or "
+        "configuration, 3 database unreachable",
+    ),
+)
+@click.option("--tenant", "tenant_id", type=click.UUID, help="Only this tenant's routes and rows.")
+@click.option("--backend", metavar="LABEL", help="Only this backend's routes.")
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Hand leaked objects back to cleanup: rows to pending, messages enqueued.",
+)
+@click.option(
+    "--delete-unreferenced",
+    is_flag=True,
+    help="Delete files no row references (with a receipt); needs --older-than.",
+)
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="With --delete-unreferenced: only files created longer ago (e.g. 30d; >= --grace).",
+)
+@click.option(
+    "--grace",
+    metavar="DURATION",
+    help="Leave objects younger than this alone [default: audit.reconcile_grace_hours, 24h].",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 10_000),
+    help="Objects per listing call [default: the API's largest: 10000 files, 100 stores].",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object: counts and per-route detail."
+)
+@click.pass_obj
+def reconcile_cmd(
+    g: Globals,
+    tenant_id: UUID | None,
+    backend: str | None,
+    apply: bool,
+    delete_unreferenced: bool,
+    older_than: str | None,
+    grace: str | None,
+    page_size: int | None,
+    as_json: bool,
+) -> int:
+    """Compare each route's provider listing with the database and report leaks.
+
+    Pages through the files and vector stores of every configured route (each backend's shared
+    key, each tenant override) within the route's rate and concurrency limits, and classifies
+    them: leaked (its attachment or chat is soft-deleted, whatever cleanup_status says; a
+    vector store of a deleted chat), unreferenced (no row names it, older than the grace
+    period), or left alone (a live row references it, or it is younger than the grace period).
+
+    A dry run by default: listing calls only, no database change but the report row that
+    feeds the cleanup_leaks_found gauge. --apply puts leaked objects back through normal
+    cleanup (retries, receipts, metrics apply; run the worker or drain afterwards).
+    Unreferenced files are only reported unless --delete-unreferenced --older-than is given.
+    """
+    config = g.load()
+    options = _reconcile_options(
+        config, tenant_id, backend, apply, delete_unreferenced, older_than, grace, page_size
+    )
+
+    async def go() -> int:
+        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        from worker.runtime.app import open_app  # loads the provider SDK: only when needed
+        from worker.runtime.reconcile import reconcile
+
+        async with open_app(config, environ=dict(os.environ)) as app:
+            progress = render.ReconcileProgress(enabled=not as_json and sys.stderr.isatty())
+            with progress:
+                report = await reconcile(
+                    app.pool, app.gateway, _queues(config), options, progress=progress.update
+                )
+        if as_json:
+            _emit_json(report.as_json())
+        else:
+            click.echo(render.reconcile(report))
+        return EXIT_FAILED if report.partial else 0
+
+    return _run(go())
+
+
+def _reconcile_options(
+    config: Config,
+    tenant_id: UUID | None,
+    backend: str | None,
+    apply: bool,
+    delete_unreferenced: bool,
+    older_than: str | None,
+    grace: str | None,
+    page_size: int | None,
+) -> ReconcileOptions:
+    """Check reconcile's options against each other and the configuration (one-line errors)."""
+    from datetime import timedelta
+
+    from worker.runtime.reconcile import ReconcileOptions  # loads the SDK: only when needed
+    from worker.runtime.timespec import parse_duration
+
+    labels = sorted(config.providers.backends)
+    if backend is not None and backend not in labels:
+        raise UsageError(f"--backend: unknown backend {backend!r}; configured: {', '.join(labels)}")
+    if delete_unreferenced != (older_than is not None):
+        raise UsageError("--delete-unreferenced and --older-than DURATION go together")
+    grace_span = (
+        parse_duration(grace, option="--grace")
+        if grace is not None
+        else timedelta(hours=config.audit.reconcile_grace_hours)
+    )
+    cutoff = parse_duration(older_than, option="--older-than") if older_than else None
+    if cutoff is not None and cutoff < grace_span:
+        raise UsageError(
+            f"--older-than {older_than} is shorter than the grace period ({grace_span}): "
+            "files that young are never deleted"
+        )
+    return ReconcileOptions(tenant_id, backend, apply, grace_span, cutoff, page_size)
 
 
 @cli.command(

@@ -164,12 +164,27 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Deletion receipts and reconcile (SPEC §14).
+
+    400 days of receipts by default: a yearly audit plus a month to pull the evidence (a
+    receipt is ~200 bytes; a million deletes a year is ~0.3 GB with indexes). Vacuum prunes
+    older ones. Reconcile leaves provider objects younger than ``reconcile_grace_hours`` alone
+    (an upload whose row is not written yet, a cleanup in flight).
+    """
+
+    receipt_retention_days: int = 400
+    reconcile_grace_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +291,8 @@ _RULES: dict[tuple[type, str], _Rule] = {
         "one of " + ", ".join(LOG_LEVELS), lambda v: v.lower() in LOG_LEVELS, str.lower
     ),
     (ObservabilityConfig, "backlog_refresh_seconds"): _SECONDS,
+    (AuditConfig, "receipt_retention_days"): _range(1, 36_500, integer=True),
+    (AuditConfig, "reconcile_grace_hours"): _range(0, 8760),
 }
 
 

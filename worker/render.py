@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from worker.outbox.dead_letters import DeadLetter
     from worker.runtime.drain import DrainProgress as DrainProgressState
     from worker.runtime.drain import DrainSummary
+    from worker.runtime.receipts import ReceiptRow
+    from worker.runtime.reconcile import ReconcileReport
     from worker.runtime.repair import RepairReport
     from worker.runtime.status import Status
 
@@ -429,3 +431,96 @@ def demo_json(summary: dict[str, Any], *, dsn: str, keep: bool, stop_hint: str) 
     if keep:
         database |= {"dsn": dsn, "stop_command": stop_hint or None}
     return summary | {"database": database}
+
+
+def receipts(rows: Sequence[ReceiptRow]) -> str:
+    """The ``receipts`` table: one line per provider delete, newest first."""
+    if not rows:
+        return "no receipts match"
+    return table(
+        ["deleted_at", "kind", "object", "outcome", "status", "tenant", "chat", "attachment",
+         "route", "request_id"],
+        [
+            [r.deleted_at.isoformat(timespec="seconds"), r.object_kind, r.object_id, r.outcome,
+             r.http_status, r.tenant_id, r.chat_id, r.attachment_id, r.route, r.request_id]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+class ReconcileProgress:
+    """One self-overwriting line on a terminal (stderr): the route and objects listed so far."""
+
+    def __init__(self, *, enabled: bool):
+        self._enabled = enabled
+        self._shown = False
+
+    def __enter__(self) -> ReconcileProgress:
+        return self
+
+    def update(self, route: str, kind: str, listed: int) -> None:
+        if self._enabled:
+            noun = "files" if kind == "file" else "vector stores"
+            click.echo(f"\rreconcile: {route}: {listed} {noun} listed\x1b[K", nl=False, err=True)
+            self._shown = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._shown:
+            click.echo("\r\x1b[K", nl=False, err=True)
+
+
+def reconcile(report: ReconcileReport) -> str:
+    """The reconcile report: totals, one line per route, then every leaked object."""
+    mode = "dry run (listing only; no row changed)" if report.dry_run else "applied"
+    lines = [
+        f"reconcile: {mode}; grace {report.grace_hours:g}h",
+        f"leaked files: {report.leaked_files}   leaked vector stores: "
+        f"{report.leaked_vector_stores}   unreferenced files: {report.unreferenced_files}",
+        "",
+        table(
+            ["route", "files", "vector_stores", "leaked_files", "leaked_stores", "unreferenced",
+             "in_cleanup", "live", "young", "error"],
+            [
+                [r.route + (f" [tenant {r.tenant_only} only]" if r.tenant_only else ""),
+                 r.files_listed, r.vector_stores_listed, len(r.leaked_files),
+                 len(r.leaked_vector_stores), len(r.unreferenced_files),
+                 r.in_cleanup_files + r.in_cleanup_vector_stores,
+                 r.live_files + r.live_vector_stores, r.young_files + r.young_vector_stores,
+                 r.error]
+                for r in report.routes
+            ],
+        ),
+    ]  # fmt: skip
+    leaks = [
+        [r.route, "file", f["file_id"], ",".join(f["cleanup_statuses"]),
+         "chat" if f["chat_deleted"] else "attachment", "yes" if f["misrouted"] else "no"]
+        for r in report.routes for f in r.leaked_files
+    ] + [
+        [r.route, "vector_store", s["vector_store_id"], "-", "chat", "no"]
+        for r in report.routes for s in r.leaked_vector_stores
+    ]  # fmt: skip
+    if leaks:
+        lines += ["", "Leaked", table(
+            ["route", "kind", "object", "cleanup_status", "owner", "misrouted"], leaks
+        )]  # fmt: skip
+    deleted = sum(r.unreferenced_deleted for r in report.routes)
+    if deleted or any(r.unreferenced_delete_failures for r in report.routes):
+        failures = sum(len(r.unreferenced_delete_failures) for r in report.routes)
+        lines += ["", f"unreferenced files deleted: {deleted}, failed: {failures}"]
+    if report.applied is not None:
+        a = report.applied
+        lines += [
+            "",
+            f"applied: {a.attachments_reset} attachment row(s) back to pending; enqueued "
+            f"{a.chat_messages} chat and {a.attachment_messages} attachment cleanup message(s)"
+            + (f"; {a.misrouted_skipped} misrouted file(s) left (fix routing first)"
+               if a.misrouted_skipped else ""),
+        ]  # fmt: skip
+    elif report.leaked_files or report.leaked_vector_stores:
+        lines += ["", "run again with --apply to hand the leaked objects back to cleanup"]
+    return "\n".join(lines)

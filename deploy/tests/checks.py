@@ -78,6 +78,9 @@ GAUGES = {
     "mini_chat_worker_last_loop_timestamp_seconds",
     "mini_chat_worker_database_up",
     "mini_chat_provider_routes_suspected",
+    "mini_chat_cleanup_leaks_found",
+    "mini_chat_reconcile_last_report_timestamp_seconds",
+    "mini_chat_reconcile_routes_failed",
 }
 HISTOGRAMS = {"mini_chat_cleanup_latency_seconds", "mini_chat_provider_request_duration_seconds"}
 PROMETHEUS_BUILTINS = {"up"}  # written by Prometheus itself for every target
@@ -86,7 +89,8 @@ PROMETHEUS_BUILTINS = {"up"}  # written by Prometheus itself for every target
 LABEL_VALUES = {
     "state": {"pending", "failed", "due", "parked"},
     "resource_type": {"file", "vector_store"},
-    "kind": {"attachment_cleanup", "chat_cleanup"},
+    # handler kinds (dead letters), and cleanup_leaks_found's object kinds
+    "kind": {"attachment_cleanup", "chat_cleanup", "file", "vector_store", "unreferenced_file"},
     "result": {"success", "retry", "reject"},
     "reason": {
         "rate_limited",
@@ -329,7 +333,13 @@ def cmd_policy(overlay: str, rendered: str, config_path: str) -> int:
                         f"{ref['name']}/{ref['key']}",
                     )
             args = c.get("args", [])
-            if d["kind"] in ("Job", "CronJob") and c in spec.get("containers", []):
+            if args[:1] == ["reconcile"] and d["kind"] == "CronJob":
+                job_spec = d["spec"]["jobTemplate"]["spec"]
+                f.check(
+                    "--json" in args and job_spec.get("activeDeadlineSeconds") is not None,
+                    f"{cw}: expected `reconcile ... --json` with an activeDeadlineSeconds",
+                )
+            elif d["kind"] in ("Job", "CronJob") and c in spec.get("containers", []):
                 f.check(
                     args[:1] == ["drain"]
                     and "--until-empty" in args

@@ -70,12 +70,30 @@ WHERE chat_id = %(chat_id)s AND cleanup_status IS NULL;
 
 -- name: mark_cleanup_done
 -- pending -> done; also failed -> done, because a delete the provider confirmed is the truth
--- (a replayed dead letter). 0 rows when already done or missing. A note (why the file was
--- kept, not deleted) replaces last_cleanup_error; without one the history stays.
-UPDATE attachments
-SET cleanup_status = 'done', cleanup_updated_at = now(),
-    last_cleanup_error = coalesce(%(note)s, last_cleanup_error)
-WHERE id = %(attachment_id)s AND cleanup_status IN ('pending', 'failed');
+-- (a replayed dead letter). Returns how many rows turned done: 0 when already done or missing.
+-- A note (why the file was kept, not deleted) replaces last_cleanup_error; without one the
+-- history stays. With a receipt (object_id not NULL: the provider said the file is gone) the
+-- receipt is inserted by the same statement, so a done row never lacks its receipt (SPEC §14).
+-- It is inserted even when no row turned done (a purged chat's row, a redelivery racing the
+-- chat path): the provider call happened, and its receipt is the evidence.
+WITH done AS (
+    UPDATE attachments
+    SET cleanup_status = 'done', cleanup_updated_at = now(),
+        last_cleanup_error = coalesce(%(note)s, last_cleanup_error)
+    WHERE id = %(attachment_id)s AND cleanup_status IN ('pending', 'failed')
+    RETURNING 1
+),
+receipt AS (
+    INSERT INTO cleanup_worker_receipts (
+        object_kind, object_id, tenant_id, chat_id, attachment_id, backend, route,
+        http_status, outcome, request_id, worker_id)
+    SELECT 'file', %(object_id)s::text, %(tenant_id)s::uuid, %(chat_id)s::uuid,
+           %(attachment_id)s::uuid, %(backend)s::text, %(route)s::text,
+           %(http_status)s::smallint, %(outcome)s::text, %(request_id)s::text,
+           %(worker_id)s::text
+    WHERE %(object_id)s::text IS NOT NULL
+)
+SELECT count(*) FROM done;
 
 -- name: record_cleanup_attempt
 -- Count a failed attempt; the row turns 'failed' on the max-th one (or at once when permanent).
@@ -127,5 +145,19 @@ FROM chat_vector_stores WHERE chat_id = %(chat_id)s
 LIMIT 1;
 
 -- name: delete_vector_store_row
--- Hard-delete the vector-store row: the durable completion marker of a chat's cleanup.
-DELETE FROM chat_vector_stores WHERE id = %(id)s;
+-- Hard-delete the vector-store row: the durable completion marker of a chat's cleanup. With a
+-- receipt (object_id not NULL: the store was deleted at the provider) the receipt is inserted
+-- by the same statement, so the row never disappears without its receipt (SPEC §14).
+WITH gone AS (
+    DELETE FROM chat_vector_stores WHERE id = %(id)s RETURNING 1
+),
+receipt AS (
+    INSERT INTO cleanup_worker_receipts (
+        object_kind, object_id, tenant_id, chat_id, attachment_id, backend, route,
+        http_status, outcome, request_id, worker_id)
+    SELECT 'vector_store', %(object_id)s::text, %(tenant_id)s::uuid, %(chat_id)s::uuid, NULL,
+           %(backend)s::text, %(route)s::text, %(http_status)s::smallint, %(outcome)s::text,
+           %(request_id)s::text, %(worker_id)s::text
+    WHERE %(object_id)s::text IS NOT NULL
+)
+SELECT count(*) FROM gone;

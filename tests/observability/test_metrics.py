@@ -43,6 +43,9 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "worker_last_loop_timestamp_seconds": ("gauge", set()),
     "worker_database_up": ("gauge", set()),
     "cleanup_backlog_refresh_timestamp_seconds": ("gauge", set()),
+    "cleanup_leaks_found": ("gauge", {"kind"}),
+    "reconcile_last_report_timestamp_seconds": ("gauge", set()),
+    "reconcile_routes_failed": ("gauge", set()),
 }
 
 
@@ -74,6 +77,7 @@ def exercise(m: Metrics) -> None:
     m.set_routes_suspected({"openai": 1})
     m.mark_loop_iteration()
     m.set_database_up(True)
+    m.set_reconcile_report({"file": 2}, routes_failed=0, finished_at=1.0)
     m.set_backlog(
         BacklogSnapshot(
             outbox_backlog={ATT_Q: 3},

@@ -68,6 +68,7 @@ class AttachmentCleanupHandler:
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=row.tenant_id,
+            chat_id=row.chat_id,
             label=row.storage_backend,
             file_id=row.provider_file_id,
         )
@@ -99,6 +100,7 @@ class AttachmentCleanupHandler:
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=event.tenant_id,
+            chat_id=event.chat_id,
             label=event.storage_backend,
             file_id=event.provider_file_id,
         )

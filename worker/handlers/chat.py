@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import assert_never
+from uuid import UUID
 
 import structlog
 
@@ -28,9 +29,10 @@ from worker.handlers.files import (
     StillPending,
     clean_file,
     keep_file,
+    receipt_for,
 )
 from worker.handlers.payloads import ChatSoftDeleted, InvalidPayload, parse_chat_soft_deleted
-from worker.handlers.repository import PendingAttachment, VectorStoreRow
+from worker.handlers.repository import PendingAttachment, Receipt, VectorStoreRow
 from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
 from worker.providers.results import Deleted, Permanent, Transient
 
@@ -69,7 +71,7 @@ class ChatCleanupHandler:
                 f"chat restored during cleanup: {len(live)} attachment(s) live again, "
                 f"first {live[0].id}; their files are kept"
             )
-        still_pending = await self._clean_files(pending)
+        still_pending = await self._clean_files(event.chat_id, pending)
         if still_pending:
             return _retry_for(still_pending)
         vector_store = await repo.vector_store(event.chat_id)
@@ -77,7 +79,9 @@ class ChatCleanupHandler:
             return Ok()
         return await self._clean_vector_store(event, vector_store)
 
-    async def _clean_files(self, attachments: list[PendingAttachment]) -> list[StillPending]:
+    async def _clean_files(
+        self, chat_id: UUID, attachments: list[PendingAttachment]
+    ) -> list[StillPending]:
         """Clean all files concurrently; returns the ones that stay pending."""
         slots = asyncio.Semaphore(self._file_concurrency)
 
@@ -89,6 +93,7 @@ class ChatCleanupHandler:
                     self._ctx,
                     attachment_id=att.id,
                     tenant_id=att.tenant_id,
+                    chat_id=chat_id,
                     label=att.storage_backend,
                     file_id=att.provider_file_id,
                 )
@@ -112,6 +117,7 @@ class ChatCleanupHandler:
         failed = unfinished.failed
         if failed:
             log.warning("vector_store_with_failed_attachments", failed_attachments=failed)
+        receipt: Receipt | None = None  # no store id: nothing was deleted, nothing to prove
         if row.vector_store_id is not None:
             started = time.monotonic()
             result = await self._ctx.provider.delete_vector_store(
@@ -120,7 +126,13 @@ class ChatCleanupHandler:
             metrics.observe_cleanup_latency("delete_vector_store", time.monotonic() - started)
             match result:
                 case Deleted():
-                    pass
+                    receipt = receipt_for(
+                        result,
+                        row.vector_store_id,
+                        tenant_id=row.tenant_id,
+                        chat_id=event.chat_id,
+                        label=row.provider,
+                    )
                 case Transient(reason=reason, detail=detail, retry_after_seconds=after):
                     if reason is not RetryReason.DEFERRED:  # waiting for a fair turn: no retry
                         metrics.cleanup_retry(VECTOR_STORE, reason)
@@ -130,7 +142,7 @@ class ChatCleanupHandler:
                     return Reject(f"provider refused the vector store delete: {detail}")
                 case _:
                     assert_never(result)
-        await repo.delete_vector_store_row(row.id)
+        await repo.delete_vector_store_row(row.id, receipt=receipt)
         # Counted only once the row is gone, like completed: a retried store delete counts once.
         if failed:
             metrics.vector_store_with_failed_attachments()

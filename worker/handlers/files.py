@@ -13,7 +13,7 @@ from uuid import UUID
 
 import structlog
 
-from worker.handlers.repository import CleanupRepository
+from worker.handlers.repository import CleanupRepository, Receipt
 from worker.models import RetryReason
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult, Permanent, Transient
@@ -81,17 +81,25 @@ async def clean_file(
     *,
     attachment_id: UUID,
     tenant_id: UUID,
+    chat_id: UUID,
     label: str,
     file_id: str | None,
 ) -> FileOutcome:
-    """Delete the file (if any), then mark the row done or record the failed attempt."""
+    """Delete the file (if any), then mark the row done (with its receipt) or record the
+    failed attempt."""
     if file_id is None:
         await ctx.repo.mark_done(attachment_id)
         return Done()
     started = time.monotonic()
     result = await ctx.provider.delete_file(tenant_id, label, file_id)
     ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
-    outcome = await _record(ctx, attachment_id, result)
+    if isinstance(result, Deleted):
+        receipt = receipt_for(result, file_id, tenant_id=tenant_id, chat_id=chat_id, label=label)
+        if await ctx.repo.mark_done(attachment_id, receipt=receipt):
+            ctx.metrics.cleanup_completed(FILE)
+        outcome: FileOutcome = Done()
+    else:
+        outcome = await _record_failure(ctx, attachment_id, result)
     _log_outcome(attachment_id, outcome)
     return outcome
 
@@ -126,12 +134,27 @@ def _log_outcome(attachment_id: UUID, outcome: FileOutcome) -> None:
             assert_never(outcome)
 
 
-async def _record(ctx: CleanupContext, attachment_id: UUID, result: DeleteResult) -> FileOutcome:
+def receipt_for(
+    result: Deleted, object_id: str, *, tenant_id: UUID, chat_id: UUID | None, label: str
+) -> Receipt:
+    """The receipt of a confirmed delete; the route falls back to the label for a provider
+    that names none (the gateway always does)."""
+    return Receipt(
+        object_id=object_id,
+        tenant_id=tenant_id,
+        chat_id=chat_id,
+        backend=label,
+        route=result.route or label,
+        http_status=result.http_status,
+        outcome="already_gone" if result.not_found else "deleted",
+        request_id=result.request_id,
+    )
+
+
+async def _record_failure(
+    ctx: CleanupContext, attachment_id: UUID, result: Transient | Permanent
+) -> FileOutcome:
     match result:
-        case Deleted():
-            if await ctx.repo.mark_done(attachment_id):
-                ctx.metrics.cleanup_completed(FILE)
-            return Done()
         case Transient(sent=False):
             # Refused by our own limiter or breaker: the file was not tried, so no attempt is
             # recorded (else a rate-limited tenant's files end failed without one request),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import os
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
@@ -58,11 +60,46 @@ class VectorStoreRow:
     provider: str
 
 
-class CleanupRepository:
-    """System-scope access (no tenant filter), as the original repositories' *_system methods."""
+@dataclass(frozen=True)
+class Receipt:
+    """What a deletion receipt records (``cleanup_worker_receipts``, SPEC §14), less the time
+    and the worker id, which the database and the repository add."""
 
-    def __init__(self, pool: AsyncConnectionPool):
+    object_id: str
+    tenant_id: UUID
+    chat_id: UUID | None
+    backend: str
+    route: str
+    http_status: int | None
+    outcome: Literal["deleted", "already_gone"]
+    request_id: str | None
+
+
+_NO_RECEIPT = dict.fromkeys(
+    ("object_id", "tenant_id", "chat_id", "backend", "route", "http_status", "outcome",
+     "request_id")
+)  # fmt: skip
+
+
+def default_worker_id() -> str:
+    """Names the process in receipts when the composition root gives no engine worker id."""
+    return f"{socket.gethostname()[:200]}-{os.getpid()}"
+
+
+class CleanupRepository:
+    """System-scope access (no tenant filter), as the original repositories' *_system methods.
+
+    ``worker_id`` is written into every deletion receipt (the engine's id, so a receipt and the
+    logs of the process that made the delete point at each other).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, *, worker_id: str | None = None):
         self._pool = pool
+        self._worker_id = worker_id or default_worker_id()
+
+    def _receipt_params(self, receipt: Receipt | None) -> dict[str, Any]:
+        fields = _NO_RECEIPT if receipt is None else asdict(receipt)
+        return {**fields, "worker_id": self._worker_id}
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         with translate_errors():
@@ -108,10 +145,17 @@ class CleanupRepository:
     async def adopt_chat_attachments(self, chat_id: UUID) -> int:
         return await self._count("adopt_chat_attachments", {"chat_id": chat_id})
 
-    async def mark_done(self, attachment_id: UUID, *, note: str | None = None) -> bool:
-        """pending/failed -> done; ``note`` says why when the file was kept, not deleted."""
-        params = {"attachment_id": attachment_id, "note": note}
-        return await self._count("mark_cleanup_done", params) == 1
+    async def mark_done(
+        self, attachment_id: UUID, *, note: str | None = None, receipt: Receipt | None = None
+    ) -> bool:
+        """pending/failed -> done; ``note`` says why when the file was kept, not deleted.
+
+        ``receipt`` (the provider confirmed the file gone) is written by the same statement,
+        also when no row turned done (a purged chat: the message is the only record).
+        """
+        params = {"attachment_id": attachment_id, "note": note, **self._receipt_params(receipt)}
+        [(done,)] = await self._rows("mark_cleanup_done", params)
+        return int(done) == 1
 
     async def record_attempt(
         self, attachment_id: UUID, error: str, *, max_attempts: int, permanent: bool = False
@@ -140,5 +184,8 @@ class CleanupRepository:
         rows = await self._rows("vector_store_of_chat", {"chat_id": chat_id})
         return VectorStoreRow(*rows[0]) if rows else None
 
-    async def delete_vector_store_row(self, row_id: UUID) -> None:
-        await self._count("delete_vector_store_row", {"id": row_id})
+    async def delete_vector_store_row(
+        self, row_id: UUID, *, receipt: Receipt | None = None
+    ) -> None:
+        """Hard-delete the row; ``receipt`` (the store was deleted) in the same statement."""
+        await self._rows("delete_vector_store_row", {"id": row_id, **self._receipt_params(receipt)})

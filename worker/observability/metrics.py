@@ -34,6 +34,7 @@ HANDLER_KINDS = frozenset({"attachment_cleanup", "chat_cleanup"})
 HANDLER_RESULTS = frozenset({"success", "retry", "reject"})
 DEAD_LETTER_KINDS = HANDLER_KINDS | {"other"}
 RETRY_ROW_STATES = frozenset({"due", "parked"})
+LEAK_KINDS = ("file", "vector_store", "unreferenced_file")
 PROVIDER_OPERATIONS = frozenset({"delete_file", "delete_vector_store"})
 RETRY_REASONS = frozenset(reason.value for reason in RetryReason)
 PROVIDER_OUTCOMES = frozenset({"deleted", "not_found", "permanent"}) | RETRY_REASONS
@@ -193,7 +194,23 @@ class Metrics:
         self._backlog_refreshed = gauge(
             "cleanup_backlog_refresh_timestamp_seconds", "Unix time of the last backlog refresh."
         )
+        self._leaks_found = gauge(
+            "cleanup_leaks_found",
+            "Provider objects the last reconcile found leaked (file, vector_store) or "
+            "unreferenced (unreferenced_file); read from its report row.",
+            ("kind",),
+        )
+        self._reconcile_finished = gauge(
+            "reconcile_last_report_timestamp_seconds",
+            "Unix time of the newest reconcile report (0: reconcile never ran).",
+        )
+        self._reconcile_routes_failed = gauge(
+            "reconcile_routes_failed", "Routes whose listing failed in the last reconcile."
+        )
         # Series that alerts use with increase()/absent() exist from the start, at 0.
+        for leak_kind in LEAK_KINDS:
+            self._leaks_found.labels(leak_kind)
+        self._reconcile_finished.set(0)
         for resource_type in RESOURCE_TYPES:
             self._completed.labels(resource_type)
             self._failed.labels(resource_type)
@@ -281,6 +298,17 @@ class Metrics:
 
     def set_database_up(self, up: bool) -> None:
         self._database_up.set(1 if up else 0)
+
+    # -- reconcile (SPEC §14) ----------------------------------------------------------------
+
+    def set_reconcile_report(
+        self, leaks: Mapping[str, int], *, routes_failed: int, finished_at: float
+    ) -> None:
+        """The newest reconcile report's counts (``leaks`` by ``LEAK_KINDS`` kind)."""
+        for kind in LEAK_KINDS:
+            self._leaks_found.labels(kind).set(leaks.get(kind, 0))
+        self._reconcile_routes_failed.set(routes_failed)
+        self._reconcile_finished.set(finished_at)
 
     # -- backlog refresh ---------------------------------------------------------------------
 

@@ -24,10 +24,13 @@ Operation = Literal["delete_file", "delete_vector_store"]
 
 
 class RawResponse(Protocol):
-    """The SDK's raw response (``with_raw_response``): the status, and the body on demand."""
+    """The SDK's raw response (``with_raw_response``): status, headers, the body on demand."""
 
     @property
     def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> httpx2.Headers: ...
 
     def parse(self) -> object: ...
 

@@ -49,6 +49,8 @@ from worker.providers.suspicion import NotFoundStreak, RouteHealthListener
 
 # Cached clients are rebuilt this often, re-reading keys: rotated secrets apply within 5 min.
 CLIENT_TTL_SECONDS = 300.0
+# A receipt keeps the provider's request id (OpenAI's are ~40 characters); a longer header is cut.
+REQUEST_ID_MAX_CHARS = 128
 
 
 _RESOURCES: dict[Operation, ResourceKind] = {
@@ -129,6 +131,18 @@ class ProviderGateway:
         """Delete a vector store (its files are not deleted by this)."""
         return await self._delete(tenant_id, label, "delete_vector_store", vector_store_id)
 
+    async def delete_file_on_route(self, route: Route, file_id: str) -> DeleteResult:
+        """Delete a file through one given route (reconcile's unreferenced files: no row, so
+        no tenant and label to resolve); the same limits, breaker and suspicion as cleanup."""
+        return await self._delete_on(route, "delete_file", file_id)
+
+    def listing_access(self, route: Route) -> tuple[openai.AsyncOpenAI | Transient, RouteLimiter]:
+        """The route's client and its limiter: a listing shares the route's concurrency, rate
+        and Retry-After pause with the deletes of this process (``worker.providers.listing``)."""
+        if self._closed:
+            raise RuntimeError("ProviderGateway used after aclose()")
+        return self._clients.get(route), self._states[route.route_id].limiter
+
     async def aclose(self) -> None:
         """Close the shared connection pool, once; later calls are a programming error."""
         if self._closed:
@@ -179,11 +193,19 @@ class ProviderGateway:
     ) -> DeleteResult:
         if self._closed:
             raise RuntimeError("ProviderGateway used after aclose()")
-        if not resource_id:
-            return Permanent(f"{operation}: empty resource id")
         route = self._router.resolve(tenant_id, label)
         if isinstance(route, Transient):
-            return route
+            return route if resource_id else Permanent(f"{operation}: empty resource id")
+        return await self._delete_on(route, operation, resource_id)
+
+    async def _delete_on(
+        self, route: Route, operation: Operation, resource_id: str
+    ) -> DeleteResult:
+        if self._closed:
+            raise RuntimeError("ProviderGateway used after aclose()")
+        if not resource_id:
+            return Permanent(f"{operation}: empty resource id")
+        label = route.label
         client = self._clients.get(route)
         if isinstance(client, Transient):
             return client
@@ -329,17 +351,36 @@ class ProviderGateway:
         try:
             raw = await send_delete(client, operation, target.resource_id, timeout_seconds)
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            return classify_exception(
+            result = classify_exception(
                 exc,
                 backend=route.label,
                 timeout_seconds=timeout_seconds,
                 wall_now=self._wall_clock(),
                 target=target,
             )
-        return classify_response(raw.status_code, raw.parse, backend=route.label)
+            response = getattr(exc, "response", None)
+            if isinstance(response, httpx2.Response):
+                return _with_evidence(result, route, response.status_code, response.headers)
+            return result
+        result = classify_response(raw.status_code, raw.parse, backend=route.label)
+        return _with_evidence(result, route, raw.status_code, raw.headers)
 
     def _observe(self, backend: str, operation: str, result: DeleteResult, seconds: float) -> None:
         if self._observer is not None:
             self._observer.observe(
                 backend=backend, operation=operation, outcome=outcome_label(result), seconds=seconds
             )
+
+
+def _with_evidence(
+    result: DeleteResult, route: Route, status: int, headers: Mapping[str, str]
+) -> DeleteResult:
+    """A ``Deleted`` carries what its receipt records: status, request id, route (SPEC §14)."""
+    if not isinstance(result, Deleted):
+        return result
+    return dataclasses.replace(
+        result,
+        http_status=status,
+        request_id=(headers.get("x-request-id") or "")[:REQUEST_ID_MAX_CHARS] or None,
+        route=route.describe(),
+    )

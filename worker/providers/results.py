@@ -11,7 +11,7 @@ last error and shown to operators, so it must be safe to print anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, assert_never
 
 from worker.models import RetryReason
@@ -37,9 +37,17 @@ def seconds_text(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Deleted:
-    """The resource no longer exists at the provider; ``not_found`` when it was already gone."""
+    """The resource no longer exists at the provider; ``not_found`` when it was already gone.
+
+    The rest is the evidence a deletion receipt keeps (SPEC §14), filled in by the gateway:
+    the HTTP status, the provider's ``x-request-id`` and the route that answered. Not compared:
+    a result means the same whatever request id it came with.
+    """
 
     not_found: bool = False
+    http_status: int | None = field(default=None, compare=False)
+    request_id: str | None = field(default=None, compare=False)
+    route: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,10 @@ async def open_app(
         stack.push_async_callback(gateway.aclose)
         await restore_suspected_routes(pool, gateway, route_health)
         ctx = CleanupContext(
-            CleanupRepository(pool), gateway, metrics, max_attempts=config.cleanup.max_attempts
+            CleanupRepository(pool, worker_id=worker_id),
+            gateway,
+            metrics,
+            max_attempts=config.cleanup.max_attempts,
         )
         outbox = config.outbox
         handlers: dict[str, Handler] = {

@@ -35,6 +35,8 @@ from worker.observability.http import HealthServer
 from worker.observability.metrics import Metrics
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
+from worker.runtime.receipts import prune_receipts
+from worker.runtime.reconcile import refresh_leak_gauge
 from worker.runtime.reporting import record_round
 from worker.runtime.status import refresh_backlog
 
@@ -175,10 +177,13 @@ class Daemon:
 
     async def _vacuum(self) -> Turn:
         await self.app.engine.vacuum()
+        retention = self.app.config.audit.receipt_retention_days
+        await prune_receipts(self.app.pool, retention_days=retention)
         return Turn(busy=False)
 
     async def _refresh_backlog(self) -> Turn:
         await refresh_backlog(self.app.pool, self.app.metrics, self.app.queues)
+        await refresh_leak_gauge(self.app.pool, self.app.metrics)
         return Turn(busy=False)
 
     async def _loop(self, name: str, step: Step, idle_seconds: float) -> None:

@@ -13,6 +13,14 @@ Wire, as the SDK sends it::
                  DELETE {prefix}/openai/vector_stores/{id}?api-version=V
     Azure v1 GA  DELETE {prefix}/openai/v1/files/{id}                  Bearer or api-key
 
+Listings, as the SDK's ``files.list`` / ``vector_stores.list`` page through them::
+
+    GET {prefix}/v1/files?limit=&after=&order=&purpose=    (and the Azure paths)
+        -> {"object": "list", "data": [...], "first_id", "last_id", "has_more"}
+
+ordered by ``created_at`` (``order`` asc / desc, default desc), ``after`` an object id, ``limit``
+up to 10,000 for files (default 10,000) and 1..100 for vector stores (default 20), as OpenAI.
+
 ``{prefix}`` is any path, usually empty: ``url + "/tenant-b"`` plays a tenant's own endpoint, so
 one server stands in for many upstreams and ``Fault(path_contains="/tenant-b/")`` breaks just one.
 
@@ -43,6 +51,7 @@ import struct
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +93,15 @@ _RESOURCE_NOT_FOUND: Final[dict[str, object]] = {
 _ROUTE: Final = re.compile(
     r"^(?:/[^/]+)*?(?P<api>/openai/v1|/openai|/v1)/(?P<kind>files|vector_stores)/(?P<id>[^/]+)$"
 )
+# A listing: GET {prefix}/v1/files, {prefix}/openai/vector_stores, ... (no id).
+_LIST_ROUTE: Final = re.compile(
+    r"^(?:/[^/]+)*?(?P<api>/openai/v1|/openai|/v1)/(?P<kind>files|vector_stores)/?$"
+)
+# The real API's page-size bounds and defaults (files: up to 10,000; vector stores: 1..100).
+LIST_LIMITS: Final[Mapping[str, tuple[int, int]]] = {
+    "file": (10_000, 10_000),
+    "vector_store": (100, 20),
+}
 _RESOURCES: Final[Mapping[str, Resource]] = {"files": "file", "vector_stores": "vector_store"}
 _DELETED_OBJECT: Final[Mapping[Resource, str]] = {
     "file": "file",
@@ -148,6 +166,7 @@ class RecordedRequest:
     flavor: Flavor
     at: float  # arrival, time.monotonic()
     deleted: bool = False  # answered "deleted": true, i.e. this request removed the resource
+    request_id: str | None = None  # the x-request-id header it was answered with
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,7 @@ class _Route:
     resource: Resource
     resource_id: str | None
     needs_api_version: bool
+    listing: bool = False  # GET of the collection (cursor-paginated listing)
 
 
 @dataclass(frozen=True)
@@ -195,6 +215,15 @@ class _TokenBucket:
 
 def _route(path: str) -> _Route:
     match = _ROUTE.match(path)
+    listing = _LIST_ROUTE.match(path)
+    if match is None and listing is not None:
+        return _Route(
+            flavor="openai" if listing["api"] == "/v1" else "azure",
+            resource=_RESOURCES[listing["kind"]],
+            resource_id=None,
+            needs_api_version=listing["api"] == "/openai",
+            listing=True,
+        )
     if match is None:
         flavor: Flavor = "azure" if "/openai/" in f"{path}/" else "openai"
         return _Route(flavor, "other", None, needs_api_version=False)
@@ -273,6 +302,10 @@ class FakeOpenAI:
         self._owners: dict[tuple[Resource, str], str] = {}
         self._lock = threading.Lock()  # guards everything below, never held during I/O
         self._files: set[str] = set()
+        # Creation time (epoch seconds) and purpose, kept after a delete: a listing cursor
+        # naming a deleted object still has its place in the order.
+        self._created: dict[tuple[Resource, str], int] = {}
+        self._purposes: dict[str, str] = {}
         self._store_files: dict[str, set[str]] = {}
         self._gone: set[tuple[Resource, str]] = set()
         self._faults: list[_ActiveFault] = []
@@ -323,20 +356,42 @@ class FakeOpenAI:
 
     # -- state and faults --------------------------------------------------------------------
 
-    def add_file(self, file_id: str, *, project: str | None = None) -> None:
+    def add_file(
+        self,
+        file_id: str,
+        *,
+        project: str | None = None,
+        created_at: float | None = None,
+        purpose: str = "assistants",
+    ) -> None:
+        """Create a file; ``created_at`` (epoch seconds, default now) orders listings."""
         with self._lock:
             self._files.add(file_id)
+            self._created[("file", file_id)] = int(
+                time.time() if created_at is None else created_at
+            )
+            self._purposes[file_id] = purpose
             if project is not None:
                 self._owners[("file", file_id)] = project
 
     def add_vector_store(
-        self, vs_id: str, file_ids: Iterable[str] = (), *, project: str | None = None
+        self,
+        vs_id: str,
+        file_ids: Iterable[str] = (),
+        *,
+        project: str | None = None,
+        created_at: float | None = None,
     ) -> None:
         """Create a vector store holding ``file_ids``; files that do not exist are created too."""
         members = set(file_ids)
+        created = int(time.time() if created_at is None else created_at)
         with self._lock:
+            for file_id in members - self._files:
+                self._created[("file", file_id)] = created
+                self._purposes[file_id] = "assistants"
             self._files |= members
             self._store_files[vs_id] = members
+            self._created[("vector_store", vs_id)] = created
             if project is not None:
                 self._owners[("vector_store", vs_id)] = project
                 for file_id in members:
@@ -387,6 +442,8 @@ class FakeOpenAI:
         """Check the request as the provider would, then apply it to the state atomically."""
         if self._api_keys is not None and request.api_key not in self._api_keys:
             return _error(401, *_UNAUTHORIZED[route.flavor])
+        if route.listing:
+            return self._list_answer(request, route)
         if route.resource_id is None:
             if route.flavor == "azure":
                 return _Answer(404, _RESOURCE_NOT_FOUND)
@@ -419,6 +476,93 @@ class FakeOpenAI:
         if no_content and answer.deleted and route.resource == "file":
             return dataclasses.replace(answer, status=204, body=None)
         return answer
+
+    def _list_answer(self, request: RecordedRequest, route: _Route) -> _Answer:
+        """GET of a collection, checked as a delete is (api-version), then one page of it."""
+        if request.method != "GET":
+            return _error(405, f"{request.method} not allowed on a collection", Allow="GET")
+        version = request.query.get("api-version")
+        if route.needs_api_version:
+            if version is None:
+                return _error(400, "Missing query parameter 'api-version'.", "BadRequest")
+            if not self._serves_api_version(version, route.resource):
+                return _Answer(404, _RESOURCE_NOT_FOUND)
+        maximum, default = LIST_LIMITS[route.resource]
+        raw_limit = request.query.get("limit", str(default))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= maximum:
+            return _error(400, f"limit must be between 1 and {maximum}", param="limit")
+        order = request.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return _error(400, "order must be 'asc' or 'desc'", param="order")
+        project = request.headers.get("openai-project") or self._key_projects.get(
+            request.api_key or ""
+        )
+        with self._lock:
+            return self._page(route.resource, request.query, int(raw_limit), order, project)
+
+    def _page(
+        self,
+        resource: Resource,
+        query: Mapping[str, str],
+        limit: int,
+        order: str,
+        project: str | None,
+    ) -> _Answer:
+        """One page after the ``after`` cursor, by (created_at, id); the caller holds the lock."""
+        live = self._files if resource == "file" else set(self._store_files)
+        purpose = query.get("purpose") if resource == "file" else None
+        visible = [
+            oid
+            for oid in live
+            if self._owners.get((resource, oid)) in (None, project)
+            and (purpose is None or self._purposes.get(oid) == purpose)
+        ]
+        key = {oid: (self._created.get((resource, oid), 0), oid) for oid in visible}
+        ordered = sorted(visible, key=key.__getitem__, reverse=order == "desc")
+        after = query.get("after")
+        if after is not None:
+            mark = (self._created.get((resource, after), 0), after)
+            if order == "desc":
+                ordered = [oid for oid in ordered if key[oid] < mark]
+            else:
+                ordered = [oid for oid in ordered if key[oid] > mark]
+        page = ordered[:limit]
+        data = [self._listed(resource, oid) for oid in page]
+        body: dict[str, object] = {
+            "object": "list",
+            "data": data,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+            "has_more": len(ordered) > limit,
+        }
+        return _Answer(200, body)
+
+    def _listed(self, resource: Resource, oid: str) -> dict[str, object]:
+        created = self._created.get((resource, oid), 0)
+        if resource == "file":
+            return {
+                "id": oid,
+                "object": "file",
+                "bytes": 1024,
+                "created_at": created,
+                "filename": f"{oid}.pdf",
+                "purpose": self._purposes.get(oid, "assistants"),
+                "status": "processed",
+            }
+        count = len(self._store_files.get(oid, ()))
+        return {
+            "id": oid,
+            "object": "vector_store",
+            "created_at": created,
+            "name": oid,
+            "usage_bytes": 0,
+            "file_counts": {
+                "in_progress": 0, "completed": count, "failed": 0, "cancelled": 0, "total": count
+            },
+            "status": "completed",
+            "last_active_at": created,
+            "metadata": {},
+        }  # fmt: skip
 
     def _serves_api_version(self, version: str, resource: Resource) -> bool:
         if version in self._azure_api_versions:
@@ -560,8 +704,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
         else:
             answer = fake._answer(request, route, fault)
+        # Every answer names its request, as OpenAI's x-request-id does (receipts keep it).
+        request_id = f"req_{uuid.uuid4().hex}"
+        answer = dataclasses.replace(answer, headers={**answer.headers, "x-request-id": request_id})
         # Recorded before answering, so a client holding its answer also finds it in the log.
-        fake._record(dataclasses.replace(request, status=answer.status, deleted=answer.deleted))
+        fake._record(
+            dataclasses.replace(
+                request, status=answer.status, deleted=answer.deleted, request_id=request_id
+            )
+        )
         self._send(answer, fault.headers if fault is not None else {})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE
