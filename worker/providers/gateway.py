@@ -32,6 +32,7 @@ from worker.providers.limits import (
     RouteDeferred,
     RouteLimiter,
     Sleep,
+    Tenant,
 )
 from worker.providers.results import (
     Deleted,
@@ -134,7 +135,7 @@ class ProviderGateway:
     async def delete_file_on_route(self, route: Route, file_id: str) -> DeleteResult:
         """Delete a file through one given route (reconcile's unreferenced files: no row, so
         no tenant and label to resolve); the same limits, breaker and suspicion as cleanup."""
-        return await self._delete_on(route, "delete_file", file_id)
+        return await self._delete_on(route, "delete_file", file_id, tenant_id=route.tenant_id)
 
     def listing_access(self, route: Route) -> tuple[openai.AsyncOpenAI | Transient, RouteLimiter]:
         """The route's client and its limiter: a listing shares the route's concurrency, rate
@@ -196,11 +197,12 @@ class ProviderGateway:
         route = self._router.resolve(tenant_id, label)
         if isinstance(route, Transient):
             return route if resource_id else Permanent(f"{operation}: empty resource id")
-        return await self._delete_on(route, operation, resource_id)
+        return await self._delete_on(route, operation, resource_id, tenant_id=tenant_id)
 
     async def _delete_on(
-        self, route: Route, operation: Operation, resource_id: str
+        self, route: Route, operation: Operation, resource_id: str, *, tenant_id: Tenant
     ) -> DeleteResult:
+        """One delete through ``route``; ``tenant_id`` takes its fair turn on the route."""
         if self._closed:
             raise RuntimeError("ProviderGateway used after aclose()")
         if not resource_id:
@@ -261,7 +263,7 @@ class ProviderGateway:
         client: openai.AsyncOpenAI,
         operation: Operation,
         target: Target,
-        tenant_id: UUID,
+        tenant_id: Tenant,
     ) -> DeleteResult:
         """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
         route = state.route
@@ -308,7 +310,7 @@ class ProviderGateway:
         operation: Operation,
         target: Target,
         deadline: float,
-        tenant_id: UUID,
+        tenant_id: Tenant,
     ) -> tuple[DeleteResult, bool]:
         """One HTTP request inside the route's limiter (and whether it was sent at all).
 
