@@ -39,13 +39,21 @@ WITH taken AS (
     RETURNING a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
               a.deleted_at IS NOT NULL AS deleted, true AS taken
 ),
-found AS (
-    SELECT * FROM taken
-    UNION ALL
+refused AS (
+    -- FOR SHARE: when the take's re-check failed because another transaction changed the row
+    -- after this statement's snapshot (a duplicate message finishing it, a restore), the
+    -- locking read waits for it and returns the row's newest version, not the snapshot's; a
+    -- plain read would show the old version and the refusal would look unexplained.
     SELECT a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id, a.cleanup_status,
            a.deleted_at IS NOT NULL, false
     FROM attachments a
     WHERE a.id = %(attachment_id)s AND NOT EXISTS (SELECT 1 FROM taken)
+    FOR SHARE OF a
+),
+found AS (
+    SELECT * FROM taken
+    UNION ALL
+    SELECT * FROM refused
 )
 SELECT
     f.tenant_id, f.chat_id, f.storage_backend, f.provider_file_id, f.cleanup_status, f.deleted,

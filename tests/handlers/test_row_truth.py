@@ -17,8 +17,8 @@ import psycopg
 from factories import Attachment, create_attachment
 from structlog.testing import capture_logs
 
-from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of, retry_of
-from worker.models import Ok, RetryReason
+from handlers.support import AQ, CQ, TENANT_OA, Stack, only, reject_of
+from worker.models import Ok
 
 
 def event_for(att: Attachment, **changes: Any) -> dict[str, Any]:
@@ -296,11 +296,12 @@ async def test_attachment_restored_while_being_taken_is_not_deleted(stack: Stack
         await restorer.commit()
         outcome = only(await delivery)
 
-    assert retry_of(outcome).reason is RetryReason.CONFLICT  # nothing taken: read it again
+    # Nothing taken, and the refusal reads the restored row (its newest version, not the
+    # statement's snapshot): dead-lettered at once as live, no second delivery needed.
+    assert "names a live attachment" in reject_of(outcome).reason
     row = await stack.att(att)
     assert row["cleanup_status"] is None
     assert row["deleted_at"] is None
-    assert "names a live attachment" in reject_of(only(await stack.deliver_retries())).reason
     assert stack.fake.requests() == []
     assert att.provider_file_id in stack.fake.files
 
@@ -316,3 +317,26 @@ async def _until_blocked_by(stack: Stack, blocker_pid: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the take never waited for the restore's row lock")
+
+
+async def test_attachment_finished_while_being_taken_is_a_redelivery(stack: Stack, db: str) -> None:
+    """A duplicate finishes the row while this take waits for its lock: already done, Ok.
+
+    The take's re-check fails on the row's newest version; the refusal must read that version
+    too (a read from the statement's snapshot saw it still pending and answered "conflict").
+    """
+    chat = await stack.chat()
+    att = await stack.attachment(chat)
+    assert await stack.delete_attachment(att)
+    await stack.app.engine.sequence()
+    async with await psycopg.AsyncConnection.connect(db) as other:
+        await other.execute(
+            "UPDATE attachments SET cleanup_status = 'done' WHERE id = %s", (att.id,)
+        )  # the other copy's mark-done, row locked until commit
+        delivery = asyncio.ensure_future(stack.deliver(AQ))
+        await _until_blocked_by(stack, other.info.backend_pid)
+        await other.commit()
+        outcome = only(await delivery)
+
+    assert outcome == Ok()
+    assert stack.fake.requests() == []
