@@ -38,7 +38,7 @@ sys.path[0:0] = [str(REPO / "tests"), str(REPO)]
 from reliability import harness  # noqa: E402
 from reliability.scenarios import SCENARIOS, SIZES, Result  # noqa: E402
 
-from worker.sandbox.postgres import start_postgres  # noqa: E402
+from cwlab.postgres import start_postgres  # noqa: E402
 
 DOC = REPO / "docs" / "RELIABILITY.md"
 COLUMNS = (
