@@ -144,6 +144,34 @@ async def test_demo_accepts_only_an_empty_database(empty_db: str) -> None:
         await refuse_unless_empty(empty_db)
 
 
+_WITHOUT_LAB = """
+import sys
+sys.modules["cwlab"] = None  # as in the production image: the lab is not installed
+from worker.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["run", "--help"], 0), (["demo"], 2)])
+def test_the_product_runs_without_the_lab(args: list[str], code: int) -> None:
+    """The image has no lab: every command loads; `demo` alone says, in one line, what it needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LAB, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+    if code:
+        assert done.stderr.splitlines() == [
+            "cleanup-worker: demo needs the lab, installed with the demo extra: "
+            "scripts/demo.sh, or uv sync --extra demo"
+        ]
+
+
 @pytest.mark.slow
 def test_demo_command_runs_on_its_embedded_default() -> None:
     """The README's first command, minus set-up: starts its own PostgreSQL and provider.
