@@ -24,7 +24,7 @@ from pgbouncer import PgBouncer, PgBouncerUnavailable, via_pgbouncer
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from cwlab.postgres import PostgresServer, start_postgres
+from cwlab.postgres import PostgresServer, start_postgres, stop_servers_on_sigterm
 from worker.config import Config
 from worker.db import Conn
 from worker.db.pool import connection_kwargs
@@ -51,6 +51,7 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
+    stop_servers_on_sigterm()  # pytest owns this process's signals: SIGTERM stops our servers
     with start_postgres() as server:
         yield server
 
