@@ -755,8 +755,9 @@ def cmd_dockerfile(dockerfile: str, dockerignore: str) -> int:
         f.check(f"!{needed}" in ignore, f".dockerignore must re-include {needed}")
     # The lab (throwaway PostgreSQL, fake provider, demo world) is tooling: uv needs its
     # pyproject.toml to read the workspace, the production image must carry none of its code.
+    included = [ln.lstrip("!").rstrip("/") for ln in ignore if ln.startswith("!")]
     f.check(
-        not any(ln.lstrip("!").rstrip("/") in ("lab", "lab/cwlab") for ln in ignore if ln[0] == "!"),
+        not any(path in ("lab", "lab/cwlab") for path in included),
         ".dockerignore must not re-include the lab's code (lab/cwlab)",
     )
     f.check(
