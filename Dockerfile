@@ -24,13 +24,17 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
 WORKDIR /src
 # Dependencies first (the layer is reused until uv.lock changes), then the project itself,
 # installed as a wheel (--no-editable): /opt/venv is then self-contained, sql/ included.
+# lab/pyproject.toml: uv reads the workspace from it; the lab itself (throwaway PostgreSQL,
+# fake provider, demo world) is only installed with the demo extra, so the image has none of it.
 COPY pyproject.toml uv.lock ./
+COPY lab/pyproject.toml ./lab/
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project --no-editable
 COPY README.md ./
 COPY sql ./sql
 COPY worker ./worker
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable \
-    && /opt/venv/bin/cleanup-worker --help > /dev/null
+    && /opt/venv/bin/cleanup-worker --help > /dev/null \
+    && ! /opt/venv/bin/python -c "import cwlab" 2> /dev/null
 
 # --- runtime: the base image + /opt/venv, nothing else ------------------------------------
 FROM ${BASE_IMAGE}

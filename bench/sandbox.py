@@ -28,9 +28,9 @@ from typing import Any, Literal
 import psycopg
 import yaml
 
+from cwlab.postgres import PostgresServer, start_postgres
 from worker.config import Config
 from worker.runtime.migrate import migrate
-from worker.sandbox.postgres import PostgresServer, start_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY_ENV = "BENCH_OPENAI_API_KEY"
@@ -165,7 +165,7 @@ class BenchEnv:
     def start_fake(
         self, *, latency_seconds: float = 0.0, rate_limit_rps: float | None = None
     ) -> Fake:
-        args = [sys.executable, "-m", "worker.sandbox.fake_openai", "--implicit-ids",
+        args = [sys.executable, "-m", "cwlab.fake_openai", "--implicit-ids",
                 "--latency", str(latency_seconds)]  # fmt: skip
         if rate_limit_rps is not None:
             args += ["--rate-limit-rps", str(rate_limit_rps)]

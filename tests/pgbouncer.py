@@ -42,7 +42,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from worker.sandbox.postgres import PostgresServer
+from cwlab.postgres import PostgresServer
 
 ENV_VIA: Final = "CLEANUP_WORKER_TEST_VIA"
 CACHE: Final = Path(f"/tmp/cleanup-worker-pgbouncer-{os.geteuid()}")

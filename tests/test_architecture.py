@@ -1,4 +1,5 @@
-"""The layers stay one-way: CLI -> runtime -> handlers/outbox -> providers/db -> leaves."""
+"""The layers stay one-way, and the contracts in .importlinter hold: the product never imports
+the lab, the OpenAI SDK stays in worker.providers, psycopg in the data-access modules."""
 
 from __future__ import annotations
 

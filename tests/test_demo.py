@@ -13,11 +13,12 @@ from collections import Counter
 import psycopg
 import pytest
 
+from cwlab.demo import DEMO_API_KEYS, DemoOptions, refuse_unless_empty, run_demo
+from cwlab.fake_openai import FakeOpenAI
 from worker.config import Config
 from worker.db import Conn
-from worker.demo import DEMO_API_KEYS, DemoOptions, run_demo
+from worker.errors import UsageError
 from worker.runtime.drain import DrainProgress
-from worker.sandbox.fake_openai import FakeOpenAI
 
 
 async def _scalar(conn: Conn, sql: str) -> int:
@@ -101,6 +102,74 @@ def assert_snake_case_keys(value: object, path: str = "") -> None:
     elif isinstance(value, list):
         for item in value:
             assert_snake_case_keys(item, path + "[]")
+
+
+_SEEDED = ("chats", "attachments", "modkit_outbox_incoming", "modkit_outbox_dead_letters")
+
+
+def _counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        rows = [conn.execute(f"SELECT count(*) FROM {t}".encode()).fetchone() for t in _SEEDED]
+    return {t: row[0] if row else -1 for t, row in zip(_SEEDED, rows, strict=True)}
+
+
+def test_demo_refuses_to_seed_a_database_that_is_not_empty(db: str) -> None:
+    """`--dsn` naming an application's database (here: a migrated one) is a usage error, one
+    line, exit 2, and nothing is written to it: no fake tenants, no poison messages."""
+    before = _counts(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--dsn", db, "demo", "--chats", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("cleanup-worker: demo: refusing to seed "), done.stderr
+    assert "not empty" in done.stderr
+    assert _counts(db) == before
+
+
+async def test_demo_accepts_only_an_empty_database(empty_db: str) -> None:
+    """An empty scratch database passes; one table in any schema is enough to be refused."""
+    await refuse_unless_empty(empty_db)
+    async with await psycopg.AsyncConnection.connect(empty_db, autocommit=True) as conn:
+        await conn.execute(b"CREATE SCHEMA app")
+        await conn.execute(b"CREATE TABLE app.users (id int)")
+    with pytest.raises(UsageError, match=r"not empty \(1 relation\(s\), e\.g\. app\.users\)"):
+        await refuse_unless_empty(empty_db)
+
+
+_WITHOUT_LAB = """
+import sys
+sys.modules["cwlab"] = None  # as in the production image: the lab is not installed
+from worker.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["run", "--help"], 0), (["demo"], 2)])
+def test_the_product_runs_without_the_lab(args: list[str], code: int) -> None:
+    """The image has no lab: every command loads; `demo` alone says, in one line, what it needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANUP_WORKER")}
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LAB, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+    if code:
+        assert done.stderr.splitlines() == [
+            "cleanup-worker: demo needs the lab, installed with the demo extra: "
+            "scripts/demo.sh, or uv sync --extra demo"
+        ]
 
 
 @pytest.mark.slow

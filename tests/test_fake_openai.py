@@ -20,7 +20,7 @@ import httpx2
 import openai
 import pytest
 
-from worker.sandbox.fake_openai import FakeOpenAI, Fault, RecordedRequest
+from cwlab.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 KEY = "sk-tenant-a"
 OTHER_KEY = "sk-tenant-b"
@@ -610,7 +610,7 @@ def test_stop_drops_idle_keep_alive_connections(fake: FakeOpenAI) -> None:
 
 @pytest.mark.slow
 def test_module_entry_point_serves_until_sigterm() -> None:
-    command = [sys.executable, "-m", "worker.sandbox.fake_openai", "--port", "0"]
+    command = [sys.executable, "-m", "cwlab.fake_openai", "--port", "0"]
     with subprocess.Popen(
         [*command, "--api-key", KEY, "--implicit-ids", "--latency", "0.01"],
         stdout=subprocess.PIPE,

@@ -20,13 +20,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from worker.errors import ProvisioningError
-from worker.sandbox import postgres
-from worker.sandbox.postgres import (
+from cwlab import postgres
+from cwlab.postgres import (
     ENV_BINDIR,
     ENV_DSN,
     ENV_KIND,
     PostgresServer,
+    ProvisioningError,
     start_postgres,
 )
 
@@ -213,8 +213,9 @@ def test_data_dir_needs_a_local_kind(reachable_dir: Path) -> None:
 _OWNER = """
 import sys, time
 from pathlib import Path
-from worker.sandbox.postgres import start_postgres
+from cwlab.postgres import start_postgres, stop_servers_on_sigterm
 
+stop_servers_on_sigterm()  # this owner process owns its signals
 data_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 server = start_postgres(sys.argv[1], data_dir=data_dir)
 print(server._instance, server._postmaster.pid, flush=True)
@@ -286,6 +287,31 @@ def test_live_owners_servers_are_not_reaped(shared: PostgresServer) -> None:
         owner.terminate()
         owner.wait()
     assert not _alive(postmaster)
+
+
+_STARTER = """
+import signal, sys
+from cwlab.postgres import start_postgres
+
+before = signal.getsignal(signal.SIGTERM)
+with start_postgres(sys.argv[1]):
+    print(signal.getsignal(signal.SIGTERM) == before, flush=True)
+"""
+
+
+def test_starting_a_server_leaves_sigterm_alone() -> None:
+    """A library must not take over the process's SIGTERM: the daemon and the demo own theirs."""
+    _skip_unless_available("embedded")
+    done = subprocess.run(
+        [sys.executable, "-c", _STARTER, "embedded"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True", "start_postgres() changed the SIGTERM handler"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

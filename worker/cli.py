@@ -4,6 +4,9 @@ Each command parses options, loads the configuration, builds what it needs and r
 coroutine. ``main`` is the one place errors become a single stderr line and an exit code:
 0 ok, 1 work failed (drain produced terminal failures or dead letters), 2 usage or
 configuration, 3 database unreachable.
+
+Over 400 lines because every command's options and help (examples, exit codes) live here, in
+one place a reader scans; the command bodies stay a few lines over ``worker.runtime``.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import click
-import psycopg
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
 from worker.db import Conn
 from worker.db.pool import (
     connect,
-    connection_kwargs,
     missing_privilege_is_config,
     translate_errors,
 )
@@ -746,7 +747,8 @@ def check_config_cmd(g: Globals) -> int:
         "cleanup-worker demo",
         "cleanup-worker demo --keep --json",
         codes="0 the demo ran (its failures and dead letters are part of the show), 1 it could "
-        "not run (no PostgreSQL could be started), 2 usage error",
+        "not run (no PostgreSQL could be started), 2 usage error (also: --dsn names a database "
+        "that is not empty, or the lab is not installed)",
     )
 )
 @click.option(
@@ -792,28 +794,46 @@ def demo(
     Seeds tenants (OpenAI, an Azure override, one with a revoked key), chats with attachments
     and vector stores, deletes them through the chat service's flows, injects provider faults,
     drains, and prints what was deleted, retried, failed and dead-lettered. --dsn uses an
-    existing (scratch) database instead of starting one (CLEANUP_WORKER_DSN is ignored here).
+    existing database instead of starting one, only if it is empty (nothing is ever seeded
+    into an application's database); CLEANUP_WORKER_DSN is ignored here.
     """
-    from worker import demo as demo_mod
-    from worker.sandbox.fake_openai import FakeOpenAI
+    # The lab (lab/cwlab) is tooling, installed with the demo extra: imported here only, so
+    # the product runs without it (.importlinter allows exactly this edge).
+    try:
+        from cwlab import demo as lab
+        from cwlab.fake_openai import FakeOpenAI
+        from cwlab.postgres import ProvisioningError, stop_servers_on_sigterm
+    except ModuleNotFoundError as exc:
+        if exc.name != "cwlab":
+            raise
+        raise UsageError(
+            "demo needs the lab, installed with the demo extra: scripts/demo.sh, or "
+            "uv sync --extra demo"
+        ) from None
 
     # The summary is the demo's output; per-message log lines would drown it.
     base = replace(g, log_level=g.log_level or "error", log_format=g.log_format or "console").load()
-    options = demo_mod.DemoOptions(chats, seed, fault_rate, max_seconds)
+    options = lab.DemoOptions(chats, seed, fault_rate, max_seconds)
+    # Only an explicit --dsn: a CLEANUP_WORKER_DSN exported for real work (production!) must
+    # never receive demo data, and even an explicit one must name an empty database.
+    dsn, stop_hint = ("" if g.dsn_from_env else g.dsn or ""), ""
+    if dsn:
+        _run(lab.refuse_unless_empty(dsn))
+    stop_servers_on_sigterm()  # this command owns its signals: SIGTERM stops its server too
     with (
         contextlib.ExitStack() as stack,
         render.DrainProgress(enabled=not as_json) as progress,
     ):
-        # Only an explicit --dsn: a CLEANUP_WORKER_DSN exported for real work (production!)
-        # must never receive demo data.
-        dsn, stop_hint = ("" if g.dsn_from_env else g.dsn or ""), ""
         if not dsn:
             progress.note("demo: starting a throwaway PostgreSQL (a few seconds) ...")
-            dsn, stop_hint = _start_demo_database(stack, keep=keep)
-        fake = stack.enter_context(FakeOpenAI(api_keys=demo_mod.DEMO_API_KEYS))
+            try:
+                dsn, stop_hint = lab.start_demo_database(stack, keep=keep)
+            except ProvisioningError as exc:
+                raise click.ClickException(str(exc)) from None  # one line, exit 1
+        fake = stack.enter_context(FakeOpenAI(api_keys=lab.DEMO_API_KEYS))
         progress.note(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}")
         summary = _run(
-            demo_mod.run_demo(
+            lab.run_demo(
                 base, options, dsn=dsn, fake=fake, progress=progress.update, note=progress.note
             )
         )
@@ -822,17 +842,6 @@ def demo(
         _emit_json(render.demo_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
     else:
         click.echo(render.demo_summary(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
-
-
-def _start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
-    """A throwaway server with a demo database; returns its DSN and, if kept, how to stop it."""
-    from worker.sandbox.postgres import start_postgres
-
-    server = start_postgres()
-    stack.callback(server.close)  # a no-op once detached
-    with psycopg.connect(server.dsn(), **connection_kwargs()) as conn:
-        conn.execute(b"CREATE DATABASE cleanup_worker_demo")
-    return server.dsn("cleanup_worker_demo"), server.detach() if keep else ""
 
 
 def exit_code(exc: CleanupWorkerError) -> int:

@@ -10,6 +10,10 @@ overrides (levels split by ``__``, key names case-insensitive, values parsed as 
 env ``CLEANUP_WORKER_DSN``, then the ``dsn`` argument (``--dsn``). Every problem is one
 ``ConfigError`` line naming the key path and where the value came from; values of secret-ish
 keys are never echoed and DSNs are shown through ``redact``. Ranges: ``config.example.yaml``.
+
+Over 400 lines because it holds both the tree and a hand-written validating loader (types,
+ranges, key paths, sources, did-you-mean); weighing a validation library against it is the
+planned "one validator" step of issue 13 (docs/ARCHITECTURE.md, "Where to change what").
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ openai/httpx2 in ``worker.providers``); nothing above those layers catches them 
     │   ├── NotFound
     │   ├── Forbidden
     │   └── AttachmentLocked
-    ├── LeaseLost                      this process no longer owns a lease; its work is redelivered
-    └── ProvisioningError              no PostgreSQL could be started for tests / the demo
+    └── LeaseLost                      this process no longer owns a lease; its work is redelivered
 
 Messages are one line, say what is wrong and how to fix it, and never contain a secret.
 """
@@ -100,7 +99,3 @@ class AttachmentLocked(ProducerError):
 
 class LeaseLost(CleanupWorkerError):
     """The lease expired or was taken over before the ack; the batch will be redelivered."""
-
-
-class ProvisioningError(CleanupWorkerError):
-    """No PostgreSQL server could be provided."""

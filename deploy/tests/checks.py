@@ -761,8 +761,19 @@ def cmd_dockerfile(dockerfile: str, dockerignore: str) -> int:
     f.check(
         bool(ignore) and ignore[0] == "*", ".dockerignore should be an allow-list starting with `*`"
     )
-    for needed in ("pyproject.toml", "uv.lock", "worker", "sql"):
+    for needed in ("pyproject.toml", "uv.lock", "worker", "sql", "lab/pyproject.toml"):
         f.check(f"!{needed}" in ignore, f".dockerignore must re-include {needed}")
+    # The lab (throwaway PostgreSQL, fake provider, demo world) is tooling: uv needs its
+    # pyproject.toml to read the workspace, the production image must carry none of its code.
+    included = [ln.lstrip("!").rstrip("/") for ln in ignore if ln.startswith("!")]
+    f.check(
+        not any(path in ("lab", "lab/cwlab") for path in included),
+        ".dockerignore must not re-include the lab's code (lab/cwlab)",
+    )
+    f.check(
+        not any(re.search(r"\blab/cwlab\b|\bcwlab\b", v) for k, v in instr if k == "COPY"),
+        "the image must not COPY the lab (cwlab)",
+    )
     return f.finish(
         f"{len(froms)} stages, final stage: USER {users[-1] if users else '?'}, "
         "exec-form ENTRYPOINT"

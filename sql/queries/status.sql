@@ -88,16 +88,6 @@ SELECT count(*) AS count FROM chat_vector_stores v
 JOIN chats c ON c.id = v.chat_id
 WHERE c.deleted_at IS NOT NULL;
 
--- name: outbox_backlog_total
--- One number for autoscaling (KEDA): incoming + unprocessed outgoing + due retries.
-SELECT coalesce((SELECT count(*) FROM modkit_outbox_incoming), 0)
-     + coalesce((SELECT sum(cnt) FROM (
-           SELECT (SELECT count(*) FROM modkit_outbox_outgoing o
-                   WHERE o.partition_id = pr.partition_id AND o.seq > pr.processed_seq) AS cnt
-           FROM modkit_outbox_processor pr) s), 0)
-     + coalesce((SELECT count(*) FROM cleanup_worker_retries WHERE not_before <= now()), 0)
-       AS backlog;
-
 -- name: attachments_failed_since
 -- Attachments that reached terminal failure since a point in time (a drain pass's own debt).
 SELECT count(*) AS count FROM attachments

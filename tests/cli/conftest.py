@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli.support import API_KEY, base_env, make_config, write_config
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -31,11 +31,11 @@ from click.testing import CliRunner
 from dsn import rows, scalar
 from factories import Attachment, Chat, create_attachment, create_chat, create_vector_store
 
+from cwlab.fake_openai import FakeOpenAI
 from worker import producer
 from worker.cli import main
 from worker.db.pool import connection_kwargs
 from worker.outbox.enqueue import enqueue
-from worker.sandbox.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
 AQ = "mini-chat.attachment_cleanup"

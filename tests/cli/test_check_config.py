@@ -14,7 +14,7 @@ from cli.support import (
     make_config,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 
 def _lines(stdout: str) -> list[str]:

@@ -21,7 +21,7 @@ from cli.support import (
     run_subprocess,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 
 def _write(tmp_path: Path, fake: FakeOpenAI, **extra: Any) -> Path:

@@ -30,8 +30,8 @@ from cli.support import (
     wait_for,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI
-from worker.sandbox.postgres import PostgresServer
+from cwlab.fake_openai import FakeOpenAI
+from cwlab.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
 

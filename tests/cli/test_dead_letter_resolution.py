@@ -17,8 +17,8 @@ from cli.support import (
     seed,
     write_config,
 )
+from cwlab.fake_openai import FakeOpenAI
 from worker import producer
-from worker.sandbox.fake_openai import FakeOpenAI
 
 
 def _cli(config_file: Path, *args: str) -> list[str]:

@@ -19,9 +19,9 @@ from cli.support import (
     rows,
     scalar,
 )
+from cwlab.fake_openai import FakeOpenAI
 from worker import producer
 from worker.db.pool import connection_kwargs
-from worker.sandbox.fake_openai import FakeOpenAI
 
 DEAD_LETTER_KEYS = {
     "id", "queue", "partition", "seq", "payload", "payload_type", "created_at", "failed_at",

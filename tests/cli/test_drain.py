@@ -21,7 +21,7 @@ from cli.support import (
     seed,
     truth,
 )
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 
 def _args(config_file: Path, *more: str) -> list[str]:

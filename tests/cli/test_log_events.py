@@ -11,8 +11,8 @@ import psycopg
 from factories import create_attachment, create_chat
 
 from cli.support import QUEUES, arun_subprocess, make_config, write_config
+from cwlab.fake_openai import FakeOpenAI, Fault
 from worker import producer
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 
 def _events(stderr: str) -> list[dict[str, Any]]:

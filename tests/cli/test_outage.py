@@ -32,10 +32,10 @@ from cli.support import (
     wait_for,
     write_config,
 )
+from cwlab.fake_openai import FakeOpenAI
+from cwlab.postgres import PostgresServer, start_postgres
 from worker.config import Config
 from worker.runtime.migrate import migrate
-from worker.sandbox.fake_openai import FakeOpenAI
-from worker.sandbox.postgres import PostgresServer, start_postgres
 
 pytestmark = pytest.mark.slow
 

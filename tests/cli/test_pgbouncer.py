@@ -30,8 +30,8 @@ from cli.support import (
     wait_for,
     write_config,
 )
+from cwlab.fake_openai import FakeOpenAI
 from worker.db.pool import connect, open_pool
-from worker.sandbox.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from cli.support import (
     subprocess_env,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.support import REPO, base_env, make_config, subprocess_env, write_config
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 DAEMON_SECONDS = 6  # `run` is stopped with SIGTERM after this long (it exits 0 on SIGTERM)
 

@@ -19,7 +19,7 @@ from cli.support import (
     truth,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 
 def _cli(config_file: Path, *args: str) -> list[str]:

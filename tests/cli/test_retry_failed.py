@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cli.support import ainvoke, assert_one_line_error, rows, scalar, seed, truth
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 
 def _cli(config_file: Path, *args: str) -> list[str]:

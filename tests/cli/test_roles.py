@@ -28,9 +28,9 @@ from cli.support import (
     wait_for,
     write_config,
 )
+from cwlab.fake_openai import FakeOpenAI
+from cwlab.postgres import PostgresServer
 from worker.db.pool import connection_kwargs
-from worker.sandbox.fake_openai import FakeOpenAI
-from worker.sandbox.postgres import PostgresServer
 
 # What docs/deploy.md ("Database roles") tells the operator to grant the worker's role, run by
 # migrate's role (the owner of the tables) after `migrate`.

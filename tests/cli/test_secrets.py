@@ -30,7 +30,7 @@ from cli.support import (
     wait_for,
     write_config,
 )
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 ROLE = "cw_secret"
 LOGS = ["--log-format", "json", "--log-level", "debug"]

@@ -14,7 +14,7 @@ from cli.support import (
     seed,
     truth,
 )
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 PARTITION_KEYS = {
     "queue", "partition", "messages", "oldest_age_seconds", "processed_seq", "attempts",

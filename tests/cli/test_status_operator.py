@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from cli.support import AQ, ainvoke, delete_single, rows, seed
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
+from cwlab.fake_openai import FakeOpenAI, Fault
 
 
 async def test_lease_holder_and_expiry(

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
+from cwlab.postgres import PostgresServer, start_postgres
 from worker.db import Conn
 from worker.db.pool import Pool, open_pool, translate_errors
 from worker.errors import DatabaseUnavailable, SchemaError
-from worker.sandbox.postgres import PostgresServer, start_postgres
 
 # One SQLSTATE per class (or per code, where only the code means unavailable) of the taxonomy.
 UNAVAILABLE = {

@@ -16,12 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from cwlab.fake_openai import FakeOpenAI
+from cwlab.postgres import PostgresServer
 from handlers.support import KEYS, Stack, build_config
 from worker.db import Conn
 from worker.db.pool import connection_kwargs
 from worker.runtime.app import open_app
-from worker.sandbox.fake_openai import FakeOpenAI
-from worker.sandbox.postgres import PostgresServer
 
 MakeStack = Callable[..., Awaitable[Stack]]
 

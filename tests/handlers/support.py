@@ -26,6 +26,7 @@ from factories import (
 )
 from psycopg.rows import dict_row
 
+from cwlab.fake_openai import FakeOpenAI
 from worker import producer
 from worker.config import (
     BackendConfig,
@@ -43,7 +44,6 @@ from worker.outbox.delivery import Settled
 from worker.outbox.engine import RoundReport
 from worker.outbox.enqueue import JSON, enqueue
 from worker.runtime.app import App
-from worker.sandbox.fake_openai import FakeOpenAI
 
 AQ = "mini-chat.attachment_cleanup"
 CQ = "mini-chat.chat_cleanup"

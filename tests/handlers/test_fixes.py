@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from cwlab.fake_openai import Fault
 from handlers.conftest import MakeStack
 from handlers.support import (
     AQ,
@@ -19,7 +20,6 @@ from handlers.support import (
     retry_of,
 )
 from worker.models import Ok, RetryReason
-from worker.sandbox.fake_openai import Fault
 
 
 async def test_attachment_path_marks_pending_records_attempts_and_fails(stack: Stack) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from cwlab.fake_openai import Fault
 from handlers.support import AQ, CQ, Stack, only, outcomes, retry_of
 from worker.models import Ok, RetryReason
-from worker.sandbox.fake_openai import Fault
 
 STATE = ("cleanup_status", "cleanup_attempts", "last_cleanup_error", "cleanup_updated_at")
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 import pytest
 
+from cwlab.fake_openai import Fault
 from handlers.support import (
     AQ,
     CQ,
@@ -24,7 +25,6 @@ from handlers.support import (
     retry_of,
 )
 from worker.models import Ok
-from worker.sandbox.fake_openai import Fault
 
 End = Literal["done", "retry", "failed"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import uuid
 
+from cwlab.fake_openai import Fault
 from handlers.conftest import MakeStack
 from handlers.support import AQ, CQ, Stack, assert_secret_free, only, reject_of, retry_of
 from worker.handlers.payloads import parse_attachment_deleted, parse_chat_soft_deleted
 from worker.models import Ok, RetryReason
-from worker.sandbox.fake_openai import Fault
 
 SAMPLE_ATTACHMENT_EVENT = {
     "event_type": "attachment_deleted",

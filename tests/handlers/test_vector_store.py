@@ -3,6 +3,7 @@ the tenant's routing; its row is the durable "still outstanding" marker (SPEC §
 
 from __future__ import annotations
 
+from cwlab.fake_openai import Fault
 from handlers.support import (
     CQ,
     KEYS,
@@ -15,7 +16,6 @@ from handlers.support import (
     retry_of,
 )
 from worker.models import Ok, RetryReason
-from worker.sandbox.fake_openai import Fault
 
 
 def vs_requests(stack: Stack) -> list[object]:

@@ -16,6 +16,7 @@ from typing import Any
 from factories import create_attachment, create_chat, create_vector_store
 from prometheus_client.parser import text_string_to_metric_families
 
+from cwlab.fake_openai import FakeOpenAI, Fault
 from worker.config import (
     BackendConfig,
     CleanupConfig,
@@ -32,7 +33,6 @@ from worker.producer import Queues, delete_attachment, delete_chat
 from worker.runtime.app import open_app
 from worker.runtime.drain import drain
 from worker.runtime.status import refresh_backlog
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 KEY = "sk-metrics-truth-key"
 AQ, CQ = "mini-chat.attachment_cleanup", "mini-chat.chat_cleanup"

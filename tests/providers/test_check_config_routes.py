@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from cli.support import base_env, invoke, make_config, write_config
 
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cwlab.fake_openai import FakeOpenAI, Fault
 from providers.support import TENANT_A, TENANT_B, TENANT_C, TENANT_D
 from worker.config import BackendConfig, ProvidersConfig, TenantOverride
 from worker.models import RetryReason
@@ -23,7 +24,6 @@ from worker.providers import (
     Transient,
 )
 from worker.providers.gateway import ProviderGateway
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 KEYS = {
     "OPENAI_KEY": "sk-shared",

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from cwlab.fake_openai import FakeOpenAI
 from providers.support import TENANT_B, MakeGateway, providers_config, script
 from worker.config import BackendConfig, ProvidersConfig
 from worker.models import RetryReason
@@ -20,7 +21,6 @@ from worker.providers import Deleted, RetryPolicy, Transient
 from worker.providers.classify import NOT_FOUND_BODIES, Target, recognised_not_found
 from worker.providers.gateway import ProviderGateway
 from worker.providers.results import ResourceKind
-from worker.sandbox.fake_openai import FakeOpenAI
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 

@@ -12,13 +12,13 @@ from uuid import UUID
 
 import pytest
 
+from cwlab.fake_openai import FakeOpenAI
 from providers.support import TENANT_A, TENANT_B
 from worker.config import BackendConfig, ProvidersConfig, RouteSuspicionConfig, TenantOverride
 from worker.models import RetryReason
 from worker.providers import Deleted, RetryPolicy, Transient
 from worker.providers.gateway import ProviderGateway
 from worker.providers.routing import Route
-from worker.sandbox.fake_openai import FakeOpenAI
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 KEYS = {"RIGHT_KEY": "sk-project-a", "WRONG_KEY": "sk-project-b", "A_KEY": "sk-tenant-a"}

@@ -17,6 +17,7 @@ import pytest
 from handlers.support import AQ, CQ, Stack, build_config, only, outcomes, retry_of
 from prometheus_client import CollectorRegistry
 
+from cwlab.fake_openai import FakeOpenAI
 from worker import render
 from worker.config import (
     BackendConfig,
@@ -34,7 +35,6 @@ from worker.runtime.app import open_app
 from worker.runtime.checks import check_config
 from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
 from worker.runtime.status import read_status
-from worker.sandbox.fake_openai import FakeOpenAI
 
 KEYS = {
     "OPENAI_KEY": "sk-shared-SECRET-0001",

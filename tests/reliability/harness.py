@@ -4,7 +4,7 @@ Shared by the CI tests (``tests/reliability/test_scenarios.py``, small sizes) an
 script (``scripts/reliability.py``, full sizes); the scenarios themselves live in
 ``scenarios.py``. Nothing here is mocked:
 
-* PostgreSQL: a sandbox server (``worker.sandbox.postgres``), one fresh database per scenario,
+* PostgreSQL: a sandbox server (``cwlab.postgres``), one fresh database per scenario,
   reached as a role whose **password is a recognisable secret** (the DSN carries it).
 * Provider: an in-process ``FakeOpenAI`` on 127.0.0.1; every tenant has its **own key** (a
   recognisable secret) and most have their own endpoint prefix, so the request log shows which
@@ -53,11 +53,11 @@ import yaml
 from dsn import rows, scalar
 from psycopg.conninfo import make_conninfo
 
+from cwlab.fake_openai import FakeOpenAI, Fault, RecordedRequest
+from cwlab.postgres import PostgresServer
 from worker import producer
 from worker.config import QueueConfig
 from worker.runtime.migrate import migrate
-from worker.sandbox.fake_openai import FakeOpenAI, Fault, RecordedRequest
-from worker.sandbox.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 AQ = "mini-chat.attachment_cleanup"

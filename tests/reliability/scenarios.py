@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cwlab.postgres import PostgresServer
 from reliability import harness as h
 from reliability.harness import Cluster, SeedPlan, Verdict, World
-from worker.sandbox.postgres import PostgresServer
 
 SIZES = ("small", "medium", "full")
 

@@ -190,9 +190,9 @@ async def test_a_file_never_sent_to_the_provider_is_not_failed(db: str) -> None:
     from factories import create_attachment, create_chat
     from handlers.support import CQ, KEYS, build_config
 
+    from cwlab.fake_openai import FakeOpenAI, Fault
     from worker import producer
     from worker.runtime.app import open_app
-    from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
     queues = producer.Queues("mini-chat.attachment_cleanup", 4, CQ, 4)
     with FakeOpenAI(api_keys=KEYS.values()) as fake:
@@ -319,10 +319,10 @@ async def test_a_call_whose_retry_the_limiter_refused_still_counts_as_sent() -> 
     that way never reaches ``max_attempts``. Fix: in ``_guarded_call``, when ``sent`` is True
     and the result is ``Transient(sent=False)``, return it with ``sent=True`` (or return the
     last sent attempt's result)."""
+    from cwlab.fake_openai import FakeOpenAI, Fault
     from worker.config import BackendConfig, ProvidersConfig
     from worker.providers.gateway import ProviderGateway
     from worker.providers.results import Transient
-    from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
     key = "sk-finding-8-key"
     with FakeOpenAI(api_keys=[key]) as fake:

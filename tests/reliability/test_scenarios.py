@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cwlab.postgres import PostgresServer
 from reliability.scenarios import SCENARIOS
-from worker.sandbox.postgres import PostgresServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -13,6 +13,9 @@ from functools import cache
 from pathlib import Path
 
 _NAME = re.compile(r"^-- name: (?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+# Anything that looks like an attempt at a name line; a near miss must not pass as a comment
+# (the statement after it would join the previous query: two statements under one name).
+_NAME_LIKE = re.compile(r"^--\s*name\b.*$", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,15 @@ def sql_dir() -> Path:
 
 
 def parse_queries(source: str) -> dict[str, Query]:
-    """Split a file into named blocks; text before the first name is the file's preamble."""
+    """Split a file into named blocks; before the first name only comments (the preamble)."""
     queries: dict[str, Query] = {}
+    for line in _NAME_LIKE.findall(source):
+        if not _NAME.fullmatch(line):
+            raise ValueError(f"malformed name line {line!r}: expected '-- name: lower_snake_case'")
     matches = list(_NAME.finditer(source))
+    preamble = source[: matches[0].start()] if matches else source
+    if any(ln.strip() and not ln.lstrip().startswith("--") for ln in preamble.splitlines()):
+        raise ValueError("statement before the first '-- name:' line: every statement needs one")
     for match, following in zip(matches, [*matches[1:], None], strict=True):
         end = following.start() if following else len(source)
         body_lines = source[match.end() : end].strip().splitlines()

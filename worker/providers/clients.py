@@ -38,6 +38,10 @@ class RawResponse(Protocol):
 # Connect fails fast (a dead host should not eat the whole attempt); capped by the attempt.
 CONNECT_TIMEOUT_SECONDS = 3.0
 
+# The shared HTTP pool's type, named here so callers above the providers (the composition root,
+# tests) pass one in without importing the HTTP library: httpx2 stays inside worker.providers.
+HttpPool = httpx2.AsyncClient
+
 
 def new_shared_pool() -> httpx2.AsyncClient:
     """The one connection pool, with the SDK's defaults (1000 connections) but no redirects.

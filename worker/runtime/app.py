@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import httpx2
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import Config
@@ -22,6 +21,7 @@ from worker.handlers.repository import CleanupRepository
 from worker.models import Handler
 from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings, new_worker_id
+from worker.providers.clients import HttpPool
 from worker.providers.gateway import ProviderGateway
 from worker.providers.limits import BreakerPolicy
 from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
@@ -51,7 +51,7 @@ async def open_app(
     *,
     environ: dict[str, str],
     metrics: Metrics | None = None,
-    http_client: httpx2.AsyncClient | None = None,
+    http_client: HttpPool | None = None,
 ) -> AsyncIterator[App]:
     register_secrets(config, environ)
     metrics = metrics or Metrics(config.observability.metrics_prefix)

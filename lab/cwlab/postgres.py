@@ -18,8 +18,9 @@ and a second lifecycle we would have to reconcile with ours. Servers listen on a
 in a directory that only the server's OS user (and root) can enter, so trust authentication
 admits nobody else and no port can collide with anything. Durability is switched off for speed.
 
-Every server this module starts is stopped on ``close()``, at interpreter exit, on SIGTERM or
-SIGINT, and, if its owner was killed outright, by the next ``start_postgres()`` on the machine.
+Every server this module starts is stopped on ``close()``, at interpreter exit (SIGINT included),
+on SIGTERM if the process opted in with ``stop_servers_on_sigterm()`` (a library does not take a
+process's signals), and, if its owner was killed outright, by the next ``start_postgres()``.
 Each server lives in its own directory under ``BASE_DIR`` together with an ``owner`` file that
 its process holds an exclusive ``flock`` on; the kernel drops that lock when the owner dies,
 however it dies, which is what marks a directory as an orphan. Nothing outside ``BASE_DIR`` is
@@ -43,7 +44,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -55,8 +55,6 @@ from urllib.parse import quote, urlsplit
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-
-from worker.errors import ProvisioningError
 
 ENV_DSN: Final = "CLEANUP_WORKER_TEST_DSN"
 ENV_KIND: Final = "CLEANUP_WORKER_TEST_PG"
@@ -92,6 +90,11 @@ KEPT_MARKER: Final = "kept"
 
 _START_TIMEOUT_S: Final = 60
 _STOP_TIMEOUT_S: Final = 30.0
+
+
+class ProvisioningError(Exception):
+    """No PostgreSQL server could be provided. The lab's own error, outside the product's tree:
+    the worker never starts a server; the demo command turns it into one line and exit 1."""
 
 
 class _ChildOptions(TypedDict):
@@ -823,12 +826,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @functools.cache
 def _install_exit_hooks() -> None:
-    """Stop our servers at exit. SIGINT already ends in atexit (KeyboardInterrupt); SIGTERM's
-    default action skips it, so handle SIGTERM too, but only if nobody else does: the demo's
-    and the daemon's own shutdown handling take precedence and end in close()/atexit anyway."""
+    """Stop our servers at interpreter exit (SIGINT ends there too, via KeyboardInterrupt).
+
+    SIGTERM is left alone: its default action skips atexit, but a signal handler is the
+    process's owner's to install, not a library's (see ``stop_servers_on_sigterm``). A server
+    whose owner dies of SIGTERM without one is reaped by the next ``start_postgres()``."""
     atexit.register(_close_all)
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_servers_on_sigterm() -> None:
+    """Opt in, from the main thread of a process that owns its signals (the demo, a test's
+    server owner): on SIGTERM stop every server this process started, then die of SIGTERM."""
+    signal.signal(signal.SIGTERM, _on_sigterm)

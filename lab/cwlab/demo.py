@@ -1,4 +1,4 @@
-"""`cleanup-worker demo`: the worker doing its real job on an embedded default.
+"""The demo's world for `cleanup-worker demo`: the worker doing its real job on an embedded default.
 
 A throwaway PostgreSQL (the test harness's provisioning, the embedded wheel by default) and the
 local OpenAI-compatible server; a seeded world of tenants, chats, attachments and vector stores
@@ -9,6 +9,7 @@ database or from the server's request log, not counted on the side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
+from cwlab.fake_openai import FakeOpenAI, Fault
+from cwlab.postgres import start_postgres
 from worker.config import (
     BackendConfig,
     CircuitBreakerConfig,
@@ -27,15 +32,16 @@ from worker.config import (
     ProvidersConfig,
     RetryConfig,
     TenantOverride,
+    redact,
 )
 from worker.db import Conn
-from worker.db.pool import connect
+from worker.db.pool import connect, connection_kwargs
+from worker.errors import UsageError
 from worker.outbox.enqueue import enqueue
 from worker.producer import Queues, delete_attachment, delete_chat
 from worker.runtime.app import open_app
 from worker.runtime.drain import Progress, drain
 from worker.runtime.migrate import migrate
-from worker.sandbox.fake_openai import FakeOpenAI, Fault
 
 OPENAI_KEY, AZURE_KEY, REVOKED_KEY = "sk-demo-openai", "demo-azure-key", "sk-demo-revoked"
 DEMO_API_KEYS = (OPENAI_KEY, AZURE_KEY)  # what the local server accepts: the revoked key gets 401
@@ -44,6 +50,41 @@ KEY_ENV = {
     "DEMO_AZURE_KEY": AZURE_KEY,
     "DEMO_REVOKED_KEY": REVOKED_KEY,
 }
+
+
+DEMO_DATABASE = "cleanup_worker_demo"
+
+# Relations in any schema but PostgreSQL's own: what an application (or an earlier demo) left.
+_RELATIONS_PRESENT = r"""
+SELECT count(*), min(format('%I.%I', n.nspname, c.relname))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+"""
+
+
+def start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
+    """A throwaway server with a demo database; returns its DSN and, if kept, how to stop it."""
+    server = start_postgres()
+    stack.callback(server.close)  # a no-op once detached
+    with psycopg.connect(server.dsn(), **connection_kwargs()) as conn:
+        conn.execute(f"CREATE DATABASE {DEMO_DATABASE}".encode())
+    return server.dsn(DEMO_DATABASE), server.detach() if keep else ""
+
+
+async def refuse_unless_empty(dsn: str) -> None:
+    """The demo seeds fake tenants, chats and poison messages: into an empty scratch database
+    only, never one that already holds an application's (or an earlier demo's) tables."""
+    async with await connect(dsn) as conn:
+        cur = await conn.execute(_RELATIONS_PRESENT.encode())
+        row = await cur.fetchone()
+    count, example = row if row else (0, None)
+    if count:
+        raise UsageError(
+            f"demo: refusing to seed {redact(dsn)}: it is not empty ({count} relation(s), e.g. "
+            f"{example}); give --dsn a new empty database, or leave --dsn out for a throwaway one"
+        )
 
 
 @dataclass(frozen=True)

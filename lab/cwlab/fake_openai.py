@@ -33,7 +33,7 @@ api-versions ``2024-02-01`` / ``2024-06-01`` answer a file DELETE with 204 No Co
 be bound to a project (``key_projects``) and objects created in one (``add_file(project=)``):
 a key of another project is told ``No such File object`` for a file that exists elsewhere.
 
-As a process (``python -m worker.sandbox.fake_openai --port N``) it prints its URL and serves
+As a process (``python -m cwlab.fake_openai --port N``) it prints its URL and serves
 until SIGTERM; ``GET /_fake/summary`` then reports what it deleted.
 """
 
@@ -745,7 +745,7 @@ def _shutdown_quietly(connection: socket.socket) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, printing the URL first (benchmarks, multi-process tests)."""
     parser = argparse.ArgumentParser(
-        prog="python -m worker.sandbox.fake_openai",
+        prog="python -m cwlab.fake_openai",
         description="Local OpenAI / Azure OpenAI delete API with a request log and faults.",
     )
     parser.add_argument("--host", default="127.0.0.1")
