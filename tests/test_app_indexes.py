@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from cwlab.postgres import PostgresServer
 from worker.config import Config
 from worker.db.pool import connection_kwargs
 from worker.errors import SchemaError
 from worker.runtime.migrate import app_indexes, index_states, migrate
-from worker.sandbox.postgres import PostgresServer
 
 CONFIG = Config()
 QUEUES = [CONFIG.outbox.attachment_queue, CONFIG.outbox.chat_queue]

@@ -10,7 +10,7 @@ import pytest
 from handlers.conftest import db, handlers_db, make_stack, stack
 from handlers.support import KEYS
 
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 __all__ = ["PROJECTS", "db", "fake", "handlers_db", "make_stack", "stack"]
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from worker.sandbox.fake_openai import FakeOpenAI
+from cwlab.fake_openai import FakeOpenAI
 
 KEY = "sk-list"
 VERSION = "2025-03-01-preview"

@@ -14,10 +14,10 @@ from factories import create_attachment, create_chat
 from handlers.support import AQ, CQ, TENANT_OA, Stack, only
 from psycopg_pool import AsyncConnectionPool
 
+from cwlab.fake_openai import Fault
 from worker.db import Conn
 from worker.models import Ok, Retry
 from worker.runtime.receipts import ReceiptFilter, list_receipts, prune_receipts
-from worker.sandbox.fake_openai import Fault
 
 RECEIPTS = "SELECT * FROM cleanup_worker_receipts ORDER BY id"
 

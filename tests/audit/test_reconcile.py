@@ -17,6 +17,7 @@ from factories import Chat, create_attachment, create_chat, create_vector_store
 from handlers.support import AQ, CQ, TENANT_OA, Stack
 
 from audit.conftest import PROJECTS
+from cwlab.fake_openai import Fault
 from worker.observability.metrics import Metrics
 from worker.runtime.reconcile import (
     ReconcileOptions,
@@ -24,7 +25,6 @@ from worker.runtime.reconcile import (
     reconcile,
     refresh_leak_gauge,
 )
-from worker.sandbox.fake_openai import Fault
 
 DAYS_AGO_3 = datetime.now(UTC) - timedelta(days=3)
 OLD = time.time() - 3 * 86400

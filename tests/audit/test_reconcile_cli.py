@@ -12,8 +12,8 @@ import pytest
 from cli.support import API_KEY, KEY_ENV, Result, ainvoke, base_env, make_config, write_config
 from factories import create_attachment, create_chat
 
+from cwlab.fake_openai import FakeOpenAI
 from worker.db import Conn
-from worker.sandbox.fake_openai import FakeOpenAI
 
 TENANT = uuid.UUID("bbbbbbbb-0000-4000-8000-00000000000b")
 OLD = time.time() - 3 * 86400
@@ -67,7 +67,7 @@ async def test_json_report_has_the_counts_and_the_routes(
 async def test_human_report_and_partial_exit_code(
     db: str, conn: Conn, cli_fake: FakeOpenAI, config_file: Path
 ) -> None:
-    from worker.sandbox.fake_openai import Fault
+    from cwlab.fake_openai import Fault
 
     file_id = await _leak(conn, cli_fake)
     cli_fake.inject(Fault(status=500, path_contains="/tenant-b/"))
@@ -103,12 +103,12 @@ async def test_bad_options_are_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1
 
 
-async def test_help_documents_exit_codes_and_ends_with_an_example(
+async def test_help_ends_with_examples_and_the_exit_codes(
     db: str, config_file: Path
 ) -> None:
     result = await reconcile(db, config_file, "--help")
 
     assert result.code == 0
-    assert "Exit 0 every route listed" in result.stdout
+    assert "Exit codes: 0 every route listed" in result.stdout
     assert "1 partial" in result.stdout
-    assert result.stdout.rstrip().splitlines()[-1].strip().startswith("cleanup-worker reconcile")
+    assert "Examples:\n  cleanup-worker reconcile" in result.stdout

@@ -9,8 +9,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from cli.support import base_env, invoke
+from cwlab.postgres import PostgresServer
 from worker.runtime.migrate import app_indexes
-from worker.sandbox.postgres import PostgresServer
 
 NAMES = [index.name for index in app_indexes()]
 

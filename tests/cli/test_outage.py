@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from dsn import scalar
+from pgbouncer import via_pgbouncer
 
 from cli.support import (
     API_KEY,
@@ -280,5 +281,6 @@ async def test_sessions_cut_again_and_again_never_stop_the_daemon(
         )
         assert daemon.running, daemon.tail()
     causes = [str(e.get("cause")) for e in _events(daemon, "database_unavailable")]
-    assert any("57P01" in c or "server closed the connection" in c for c in causes), causes
+    if not via_pgbouncer():  # PgBouncer replaces a killed idle server connection unseen
+        assert any("57P01" in c or "server closed the connection" in c for c in causes), causes
     await _finished_cleanly(db, slow_fake, daemon)

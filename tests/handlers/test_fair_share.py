@@ -26,6 +26,7 @@ from factories import create_attachment, create_chat
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from cwlab.fake_openai import FakeOpenAI
 from handlers.support import KEYS, build_config
 from handlers.test_units import InProcessProvider, deleted_chat_with_files, handler, message
 from worker import producer
@@ -35,7 +36,6 @@ from worker.models import Retry, RetryReason
 from worker.providers.results import Transient
 from worker.runtime.app import App, open_app
 from worker.runtime.daemon import Daemon
-from worker.sandbox.fake_openai import FakeOpenAI
 
 HEAVY_BACKLOG = 300
 LIGHT_DELETIONS = 5

@@ -292,7 +292,7 @@ async def test_attachment_restored_while_being_taken_is_not_deleted(stack: Stack
             "UPDATE attachments SET deleted_at = NULL WHERE id = %s", (att.id,)
         )  # row locked until commit
         delivery = asyncio.ensure_future(stack.deliver(AQ))
-        await _until_blocked_by(stack, restorer.info.backend_pid)
+        await _until_blocked_by(stack, await _server_pid(restorer))
         await restorer.commit()
         outcome = only(await delivery)
 
@@ -304,6 +304,14 @@ async def test_attachment_restored_while_being_taken_is_not_deleted(stack: Stack
     assert row["deleted_at"] is None
     assert stack.fake.requests() == []
     assert att.provider_file_id in stack.fake.files
+
+
+async def _server_pid(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The server backend of ``conn``'s open transaction (through PgBouncer, ``info.backend_pid``
+    names no server process: the pooler assigns one per transaction)."""
+    row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def _until_blocked_by(stack: Stack, blocker_pid: int) -> None:
@@ -334,7 +342,7 @@ async def test_attachment_finished_while_being_taken_is_a_redelivery(stack: Stac
             "UPDATE attachments SET cleanup_status = 'done' WHERE id = %s", (att.id,)
         )  # the other copy's mark-done, row locked until commit
         delivery = asyncio.ensure_future(stack.deliver(AQ))
-        await _until_blocked_by(stack, other.info.backend_pid)
+        await _until_blocked_by(stack, await _server_pid(other))
         await other.commit()
         outcome = only(await delivery)
 
