@@ -111,4 +111,4 @@ async def test_help_ends_with_examples_and_the_exit_codes(
     assert result.code == 0
     assert "Exit codes: 0 every route listed" in result.stdout
     assert "1 partial" in result.stdout
-    assert "Examples:\n  cleanup-worker reconcile" in result.stdout
+    assert "Examples:\n    cleanup-worker reconcile" in result.stdout
