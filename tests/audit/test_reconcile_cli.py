@@ -103,9 +103,7 @@ async def test_bad_options_are_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1
 
 
-async def test_help_ends_with_examples_and_the_exit_codes(
-    db: str, config_file: Path
-) -> None:
+async def test_help_ends_with_examples_and_the_exit_codes(db: str, config_file: Path) -> None:
     result = await reconcile(db, config_file, "--help")
 
     assert result.code == 0

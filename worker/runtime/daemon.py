@@ -37,6 +37,7 @@ from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
 from worker.runtime.receipts import prune_receipts
 from worker.runtime.reconcile import refresh_leak_gauge
+from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
 from worker.runtime.status import refresh_backlog
 
@@ -179,6 +180,9 @@ class Daemon:
         await self.app.engine.vacuum()
         retention = self.app.config.audit.receipt_retention_days
         await prune_receipts(self.app.pool, retention_days=retention)
+        resolved = await resolve_finished_dead_letters_of(self.app)
+        if resolved:
+            log.info("dead_letters_resolved", count=resolved, why="their cleanup has completed")
         return Turn(busy=False)
 
     async def _refresh_backlog(self) -> Turn:

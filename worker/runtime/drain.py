@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.outbox.engine import RoundReport
-from worker.producer import Queues
-from worker.runtime.repair import resolve_finished_dead_letters
+from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
 from worker.runtime.status import Status, read_status
 
@@ -165,7 +164,7 @@ async def drain(
     summary.remaining_messages = status.messages()
     summary.remaining_retries = status.retry_rows()
     summary.attachments_failed = await _failed_since(app, since)
-    summary.dead_letters_resolved = await _resolve_finished_dead_letters(app)
+    summary.dead_letters_resolved = await resolve_finished_dead_letters_of(app)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 
@@ -207,21 +206,6 @@ async def _status(app: App, queues: Sequence[str]) -> Status:
     with translate_errors():
         async with app.pool.connection() as conn:
             return await read_status(conn, queues, all_attachments=False)
-
-
-async def _resolve_finished_dead_letters(app: App) -> int:
-    """A pass may have finished what an older dead letter asked for: resolve it, so the
-    dead-letter alerts stop firing for work that is done."""
-    outbox = app.config.outbox
-    queues = Queues(
-        outbox.attachment_queue.name,
-        outbox.attachment_queue.partitions,
-        outbox.chat_queue.name,
-        outbox.chat_queue.partitions,
-    )
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            return await resolve_finished_dead_letters(conn, queues)
 
 
 async def _database_now(app: App) -> Any:

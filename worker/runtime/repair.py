@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from worker.db import Conn
+from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.handlers.payloads import (
     AttachmentDeleted,
@@ -33,6 +34,7 @@ from worker.handlers.payloads import (
 )
 from worker.outbox import dead_letters as dl
 from worker.producer import Queues, enqueue_attachment_cleanup, enqueue_chat_cleanup
+from worker.runtime.app import App
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,22 @@ async def resolve_finished_dead_letters(conn: Conn, queues: Queues) -> int:
     async with conn.transaction():
         triage = await triage_dead_letters(conn, queues, chat_id=None)
         return await _resolve(conn, triage.finished)
+
+
+async def resolve_finished_dead_letters_of(app: App) -> int:
+    """``resolve_finished_dead_letters`` for a running app: a drain pass ends with it and the
+    daemon's vacuum loop runs it, so ChatDeadLetters stops firing for a chat another message
+    (or an earlier repair) fully cleaned, without anyone running a command."""
+    outbox = app.config.outbox
+    queues = Queues(
+        outbox.attachment_queue.name,
+        outbox.attachment_queue.partitions,
+        outbox.chat_queue.name,
+        outbox.chat_queue.partitions,
+    )
+    with translate_errors():
+        async with app.pool.connection() as conn:
+            return await resolve_finished_dead_letters(conn, queues)
 
 
 async def triage_dead_letters(
