@@ -337,10 +337,13 @@ class RestartablePgBouncer(PgBouncer):
     plain passwords) that can also be killed and started again on the same port with the same
     configuration: a PgBouncer pod replaced under running clients."""
 
-    def restart(self, down_seconds: float) -> None:
-        self._proc.kill()  # every client and server connection is cut at once
+    def kill(self) -> None:
+        """Every client and server connection is cut at once."""
+        self._proc.kill()
         self._proc.wait(10)
-        time.sleep(down_seconds)
+
+    def start_again(self) -> None:
+        """The same binary, configuration and port; returns once it accepts a login."""
         binary, env = locate()
         with (self._dir / "stderr.log").open("ab") as stderr:
             self._proc = subprocess.Popen(

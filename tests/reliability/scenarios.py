@@ -1867,16 +1867,18 @@ async def s10_pgbouncer(server: PostgresServer, workdir: Path, size: str) -> Res
                     h._admin(server, _TERMINATE.format(db=c.db_name))
                     done.append("server connections terminated")
                     return
-                await asyncio.to_thread(bouncer.restart, down)
-                back = time.monotonic()
-                base = await c.progress()
+                bouncer.kill()
+                base_at = time.monotonic()
+                base = await c.progress()  # nothing commits through a dead pooler
+                await asyncio.sleep(down)
+                await asyncio.to_thread(bouncer.start_again)
                 await h.wait_until(
                     lambda b=base: _progressed(c, b, 1),
                     timeout=60,
                     what="progress after PgBouncer came back",
                     every=0.05,
                 )
-                recoveries.append(time.monotonic() - back)
+                recoveries.append(time.monotonic() - base_at - down)
                 done.append(f"PgBouncer killed, {down:g} s down, restarted")
 
             drained = await c.wait_drained(_pick(size, 120, 400, 900), on_tick=chaos)
@@ -1908,7 +1910,9 @@ async def s10_pgbouncer(server: PostgresServer, workdir: Path, size: str) -> Res
             database_unavailable_events=sum(_count_events(r, "database_unavailable") for r in live),
             recover_seconds=[round(x, 1) for x in recoveries],
             recover=(
-                f"{max(recoveries):.1f} s (PgBouncer back → first progress)" if recoveries else "-"
+                f"{max(recoveries):.1f} s (PgBouncer started again → first progress)"
+                if recoveries
+                else "-"
             ),
             faults_injected=", ".join(done),
             wall_seconds=time.monotonic() - started,
