@@ -1966,14 +1966,15 @@ async def s11_lease_ping_pong(server: PostgresServer, workdir: Path, size: str) 
         frozen_for: list[float] = []
         try:
             for n in range(cycles):
-                if not any((await c.outstanding()).values()):
-                    break
-                # Alternate: freeze the one that froze last time's rival, once it holds a lease.
-                want = pair[n % 2]
+                # Alternate: freeze the one that did not freeze last time, once it holds a lease.
                 a = await h.wait_until(
-                    lambda w=want: _holder_among(c, [w]), timeout=30, what=f"{want.name} leasing",
+                    lambda w=pair[n % 2]: _holder_or_drained(c, w),
+                    timeout=30,
+                    what=f"{pair[n % 2].name} leasing",
                     every=0.05,
-                )  # fmt: skip
+                )
+                if not isinstance(a, h.Replica):  # drained: nothing left to bounce
+                    break
                 mark = int(
                     await h.scalar(c.dsn, "SELECT coalesce(max(id), 0) FROM rel_lease_audit")
                 )
@@ -2080,8 +2081,12 @@ class _CursorWatch:
             await asyncio.sleep(0.2)
 
 
-async def _holder_among(c: Cluster, replicas: list[h.Replica]) -> h.Replica | None:
-    """One of ``replicas`` holding a live partition lease right now, if any."""
+_DRAINED = object()
+
+
+async def _holder_or_drained(c: Cluster, replica: h.Replica) -> object:
+    """``replica`` if it holds a live partition lease right now; ``_DRAINED`` when nothing is
+    left to lease; else None (not yet)."""
     holders = {
         r["w"]
         for r in await h.rows(
@@ -2090,7 +2095,9 @@ async def _holder_among(c: Cluster, replicas: list[h.Replica]) -> h.Replica | No
             " WHERE locked_until > now()",
         )
     }
-    return next((r for r in replicas if r.worker_id in holders), None)
+    if replica.worker_id in holders:
+        return replica
+    return _DRAINED if not any((await c.outstanding()).values()) else None
 
 
 async def _re_leases(c: Cluster) -> int:
@@ -2152,7 +2159,8 @@ async def s12_poison_pill(server: PostgresServer, workdir: Path, size: str) -> R
     """Messages whose handling kills the replica every time (SIGKILL from inside the handler,
     as a segfault or an OOM kill would: a test-only wrapper, ``tests/reliability/
     poison_worker.py``, around the unchanged worker) sit amid a backlog, each in its own
-    partition. The harness restarts every dead replica at once, as Kubernetes would. Each
+    partition. The harness restarts every dead replica at once, as Kubernetes does (its
+    CrashLoopBackOff would only space later restarts out). Each
     pill is dead-lettered after ``outbox.max_handler_crashes`` deaths while handled alone
     (plus the one in its first, concurrent batch), naming the cause; its neighbours, in its
     batch and behind it in its partition, are handled (none is blamed, none dead-lettered);
