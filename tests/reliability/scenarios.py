@@ -774,11 +774,13 @@ class Payload:
 
 
 def _is_text(value: str) -> bool:
+    """Text a row can hold: no lone surrogate (valid JSON, not UTF-8) and no NUL character
+    (valid JSON and UTF-8, but no PostgreSQL text value can hold it)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
+    return "\x00" not in value
 
 
 def _attachment_event(n: int) -> dict[str, Any]:
@@ -824,7 +826,7 @@ def generate_payloads(count: int, rng: random.Random) -> list[Payload]:
         """The expectation for ``doc`` whose field ``f`` was spoiled."""
         value = doc.get(f)
         if isinstance(value, str) and not _is_text(value):
-            # A lone surrogate: a valid JSON escape but not text, in any field.
+            # A lone surrogate or a NUL: a valid JSON escape but not text, in any field.
             return Payload(
                 queue, rng.randrange(4), dump(doc), "application/json", category, "dead", f
             )
@@ -2246,7 +2248,9 @@ async def s12_poison_pill(server: PostgresServer, workdir: Path, size: str) -> R
         # "handling it killed the worker process N times (outbox.max_handler_crashes = M)…"
         reason = "handling it killed the worker process "
         pill_dead = [d for d in dead if str(d["last_error"]).startswith(reason)]
-        dead_pills = sorted(json.loads(bytes(d["payload"]))["attachment_id"] for d in pill_dead)
+        dead_pills = sorted(
+            str(json.loads(bytes(d["payload"])).get("attachment_id")) for d in pill_dead
+        )
         v.require(dead_pills == sorted(poison_ids), f"pills dead-lettered: {dead_pills}")
         others = [d["last_error"] for d in dead if d not in pill_dead]
         v.require(
