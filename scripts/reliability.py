@@ -312,12 +312,15 @@ no pending attachment), then checks, never trusting the workers' own account:
 ## Findings
 
 Bugs these scenarios found. Each is pinned by a regression test that failed until the fix
-(1-7 in `tests/reliability/test_findings.py`, whose docstrings have the analysis; 8 in
-`tests/outbox/test_leases.py`); all eight are fixed in the revision measured above (7 came
+(1-7 and 9 in `tests/reliability/test_findings.py`, whose docstrings have the analysis; 8 in
+`tests/outbox/test_leases.py`); all nine are fixed in the revision measured above (7 came
 with the first fix of 5; the first fix of 2 was incomplete and was replaced by fencing tokens,
 see 2). Scenarios 10-12 (PgBouncer, lease ping-pong, poison pills) and the truthfulness checks
-of 3 and 9 were added with SPEC §13; they found no new bug in the revision measured here (the
-defects §13 was written for had been reproduced and fixed by the unit and engine tests first).
+of 3 and 9 were added with SPEC §13, after the defects §13 was written for had been reproduced
+and fixed by the unit and engine tests; scenario 12 found one more (9). Scenario 10 was checked
+against the defect it guards: with psycopg's prepared statements switched back on
+(`prepare_threshold` 0) every loop of every replica crashes at its first statement
+(`loop_crashed`) and nothing drains.
 Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8
 intermittently, with the evidence the checks print: a partition leased and kept alive for
 90 s with its cursor still, or a message handled without a lease.
@@ -406,6 +409,22 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    then); and the upkeep statements are single transactions without session state, so the
    2 connections work unchanged through PgBouncer in transaction mode (scenario 10).
 
+9. **A healthy message dead-lettered as a poison pill** (`worker/outbox/isolation.py`
+   `run_alone`, `worker/outbox/engine.py`). Isolation handles a suspect batch one message at a
+   time, recording each as started before its handler runs and as finished after; a start
+   without a finish is a death that message caused. But "one at a time" held per lane: the
+   suspect batches of two partitions (a replica that died held several leases, and one
+   successor takes them over together) ran their messages at once in one process, so a pill's
+   death was charged to the other message as well. Seen in scenario 12 at full size (3 pills,
+   replicas restarted after every death): a chat-cleanup message was dead-lettered as
+   "handling it killed the worker process 3 times" and its chat was never cleaned up. Fix: one
+   lock per process (`Engine._alone`) that every suspect handling holds. What remains: a
+   trusted message of a normal batch can still kill the process while a suspect one runs; a
+   pill does that only on its first delivery (its batch is suspect afterwards), so each pill
+   can charge a healthy suspect message at most once, below `max_handler_crashes` (3) unless
+   three pills' first deliveries meet the same message. Pinned by
+   `test_suspect_messages_of_one_process_are_handled_one_at_a_time_across_partitions`.
+
 Observations (not bugs):
 
 * A slow provider alone cannot make a lease expire: the heartbeat extends it every lease/3
@@ -431,6 +450,13 @@ Observations (not bugs):
 * Recovery after a database outage grows with the outage (each loop backs off 1, 2, 4 … 30 s;
   the first statement that completes wakes the other loops, at most once a second), and a
   loop that only waited for a pool connection through a short outage logs nothing.
+* Route suspicion (SPEC §13) and ghosts: thousands of messages for files that never existed,
+  on one route, are what a wrong key or project looks like (more than 10 distinct not-founds
+  in a row without a success). At full size scenario 5's 5 000 generated payloads made the
+  shared route suspected and 256 "already gone" messages were retried as `config` and
+  dead-lettered after `max_deliveries`, as the rule intends (a page, not rows marked done).
+  Scenario 5 is about the payload parser, so it raises
+  `providers.route_suspicion.not_found_threshold`; the rule has its own tests.
 * Outage truthfulness (scenarios 3 and 9): every look at a replica whose last database event
   is `database_unavailable` found `mini_chat_worker_database_up` 0 and `/readyz` 503 naming the
   cause (`/healthz` stays 200: a restart would not help), no replica logged
