@@ -243,7 +243,10 @@ Figures of the **{size}** size ({size_note}), produced on {date} by
     {command}
 
 on {machine}, PostgreSQL: {postgres} (sandbox server, fsync off), PgBouncer: {pgbouncer},
-worker revision {revision}. Load average (1 min) {load}.{note}
+worker revision {revision}. Load average (1 min) {load} on this
+machine, which other jobs share: times (wall, recovery) and what load causes (client-side
+timeouts, the retries and repeat deletes they explain) grow with it; counts of lost, misrouted
+or leaked things do not.{note}
 The whole run took {total}; {status}. "lost" must be 0 in every row.
 
 {summary}
