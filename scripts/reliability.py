@@ -407,10 +407,11 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    whose control case on the shared pool loses the lease. Since §13 a lease that is lost all
    the same costs less: it is no delivery (a message's delivery number grows only when an
    outcome was stored or it killed the process), so churn can no longer dead-letter a healthy
-   message for "max deliveries" (scenario 11 runs with `max_deliveries` 3 and dead-letters
-   nothing); the batch after an unacked lease is handled one message at a time (slower, only
-   then); and the upkeep statements are single transactions without session state, so the
-   2 connections work unchanged through PgBouncer in transaction mode (scenario 10).
+   message for "max deliveries" (scenario 11: through dozens of takeovers no delivery number
+   grew without a retry outcome); the batch after an unacked lease is handled one message at
+   a time (slower, only then); and the upkeep statements are single transactions without
+   session state, so the 2 connections work unchanged through PgBouncer in transaction mode
+   (scenario 10).
 
 9. **A healthy message dead-lettered as a poison pill** (`worker/outbox/isolation.py`
    `run_alone`, `worker/outbox/engine.py`). Isolation handles a suspect batch one message at a

@@ -10,7 +10,10 @@ script (``scripts/reliability.py``, full sizes); the scenarios themselves live i
   recognisable secret) and most have their own endpoint prefix, so the request log shows which
   tenant's credentials and route every request used.
 * Workers: ``python -m worker --log-format json --log-level debug run`` subprocesses, stdout
-  and stderr captured to files, metrics scraped from their HTTP port.
+  and stderr captured to files, metrics scraped from their HTTP port (scenario 12 starts them
+  through ``poison_worker.py``, a test-only wrapper that adds a poison pill).
+* PgBouncer (scenario 10): the suite's own (``tests/pgbouncer.py``), which can be killed and
+  started again here (``RestartablePgBouncer``).
 
 Instrumentation (test database only, never product code): AFTER triggers copy every change of
 a partition lease (``modkit_outbox_processor``) and of a retry-row lease
