@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The scenarios live with the tests (one implementation for CI and for the figures).
 sys.path[0:0] = [str(REPO / "tests"), str(REPO)]
 
+from pgbouncer import PgBouncerUnavailable, locate  # noqa: E402
 from reliability import harness  # noqa: E402
 from reliability.scenarios import SCENARIOS, SIZES, Result  # noqa: E402
 
@@ -170,12 +172,34 @@ def git_revision() -> str:
     return rev + (" with uncommitted changes in worker/ or sql/" if dirty.strip() else "")
 
 
+def pgbouncer_version() -> str:
+    """The PgBouncer scenario 10 runs (tests/pgbouncer.py finds or fetches it)."""
+    try:
+        binary, env = locate()
+        out = subprocess.run(
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError, PgBouncerUnavailable) as exc:
+        return f"unavailable ({exc})"
+    return out.splitlines()[0].strip() + ", pool_mode = transaction"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def document(
     size: str,
     results: dict[int, tuple[Result | None, str]],
     seconds: float,
     server_kind: str,
     argv: list[str],
+    load: str,
+    note: str,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections = "\n".join(scenario_section(n, size, r, f) for n, (r, f) in sorted(results.items()))
@@ -190,6 +214,9 @@ def document(
         size_note=SIZE_NOTES[size],
         date=now,
         machine=harness.machine(),
+        pgbouncer=pgbouncer_version(),
+        load=load,
+        note=f"\n{note}" if note else "",
         postgres=server_kind,
         revision=git_revision(),
         total=f"{seconds / 60:.1f} min",
@@ -215,7 +242,11 @@ Figures of the **{size}** size ({size_note}), produced on {date} by
 
     {command}
 
-on {machine}, PostgreSQL: {postgres} (sandbox server, fsync off), worker revision {revision}.
+on {machine}, PostgreSQL: {postgres} (sandbox server, fsync off), PgBouncer: {pgbouncer},
+worker revision {revision}. Load average (1 min) {load} on this
+machine, which other jobs share: times (wall, recovery) and what load causes (client-side
+timeouts, the retries and repeat deletes they explain) grow with it; counts of lost, misrouted
+or leaked things do not.{note}
 The whole run took {total}; {status}. "lost" must be 0 in every row.
 
 {summary}
@@ -261,7 +292,11 @@ no pending attachment), then checks, never trusting the workers' own account:
   outside W's lease means W handled a message it did not own. Lines written after W's lease
   was taken over are counted apart (`stale_handling`; only expected when a process froze or
   the database went away past the lease) and their acks must fail (they do: nothing is lost
-  and the metric `mini_chat_outbox_lease_lost_total` counts them).
+  and the metric `mini_chat_outbox_lease_lost_total` counts them). `locked_by` is the worker
+  id plus a fencing token per acquisition; the audit compares holders by worker id, so a
+  worker that leases a partition again after losing it (scenario 11) is the same holder.
+* **cursors only move forward**: every cursor change in the audit has `new_seq ≥ old_seq`
+  (scenario 11 also samples every cursor from outside every 0.2 s).
 * **tenant routing**, from the request log: every request for a resource carries its owning
   tenant's key and path prefix (eight tenants: shared OpenAI, own OpenAI base URL and key,
   shared Azure, own Azure endpoint and key), and every request at all goes to an endpoint
@@ -280,9 +315,16 @@ no pending attachment), then checks, never trusting the workers' own account:
 ## Findings
 
 Bugs these scenarios found. Each is pinned by a regression test that failed until the fix
-(1-7 in `tests/reliability/test_findings.py`, whose docstrings have the analysis; 8 in
-`tests/outbox/test_leases.py`); all eight are fixed in the revision measured above (7 came
-with the first fix of 5). Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8
+(1-7 and 9 in `tests/reliability/test_findings.py`, whose docstrings have the analysis; 8 in
+`tests/outbox/test_leases.py`); all nine are fixed in the revision measured above (7 came
+with the first fix of 5; the first fix of 2 was incomplete and was replaced by fencing tokens,
+see 2). Scenarios 10-12 (PgBouncer, lease ping-pong, poison pills) and the truthfulness checks
+of 3 and 9 were added with SPEC §13, after the defects §13 was written for had been reproduced
+and fixed by the unit and engine tests; scenario 12 found one more (9). Scenario 10 was checked
+against the defect it guards: with psycopg's prepared statements switched back on
+(`prepare_threshold` 0) every loop of every replica crashes at its first statement
+(`loop_crashed`) and nothing drains.
+Before fixes 1 and 2, full runs failed scenarios 1, 3, 5 or 8
 intermittently, with the evidence the checks print: a partition leased and kept alive for
 90 s with its cursor still, or a message handled without a lease.
 
@@ -309,10 +351,15 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    (possibly back), parks its retries and releases the lease the second lane works under. Two
    batches of one partition then run at once and the parked copies go to other replicas while
    the second lane still handles them. Seen in scenario 3; nothing is lost (handlers are
-   idempotent) but messages are handled concurrently and twice. Fix: identify a lease per
-   acquisition: guard the ack and the heartbeat on `attempts = <attempts returned by the
-   lease>` as well (every lease raises it), or put a per-lease token in `locked_by`; and have
-   a process never lease a partition it still has a batch of in flight.
+   idempotent) but messages are handled concurrently and twice. The first fix guarded acks and
+   heartbeats on `(locked_by, attempts)`; but `advance_cursor` reset `attempts` and
+   `release_lease` decremented it, so after expiry → takeover → the same worker leasing again,
+   an old acquisition's ack still matched: the cursor moved backwards, the live lease was
+   released under its holder and dead letters were written for messages already acked Ok.
+   Fix (SPEC §13): a fencing token per acquisition (`locked_by` = worker id + a UUID) that
+   heartbeats, releases and acks must match, an ack that moves the cursor only forward from
+   the position its lease read, and at most one dead letter per message. Scenario 11 bounces
+   partitions between two replicas frozen in turn and checks every cursor change.
 3. **Deeply nested JSON and 4 300+-digit numbers escape the payload parser**
    (`worker/handlers/payloads.py`, `_json_object`): `json.loads` raises `RecursionError` /
    `ValueError`, not `JSONDecodeError`; the handler crashes (a traceback per delivery), the
@@ -357,7 +404,30 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    in scenarios 1 and 5 at full size). Fix: lease upkeep (heartbeats, acks, releases) runs on
    a pool of its own, 2 connections per replica. Pinned by
    `tests/outbox/test_leases.py::test_handlers_holding_every_pooled_connection_do_not_starve_the_heartbeat`,
-   whose control case on the shared pool loses the lease.
+   whose control case on the shared pool loses the lease. Since §13 a lease that is lost all
+   the same costs less: it is no delivery (a message's delivery number grows only when an
+   outcome was stored or it killed the process), so churn can no longer dead-letter a healthy
+   message for "max deliveries" (scenario 11: through dozens of takeovers no delivery number
+   grew without a retry outcome); the batch after an unacked lease is handled one message at
+   a time (slower, only then); and the upkeep statements are single transactions without
+   session state, so the 2 connections work unchanged through PgBouncer in transaction mode
+   (scenario 10).
+
+9. **A healthy message dead-lettered as a poison pill** (`worker/outbox/isolation.py`
+   `run_alone`, `worker/outbox/engine.py`). Isolation handles a suspect batch one message at a
+   time, recording each as started before its handler runs and as finished after; a start
+   without a finish is a death that message caused. But "one at a time" held per lane: the
+   suspect batches of two partitions (a replica that died held several leases, and one
+   successor takes them over together) ran their messages at once in one process, so a pill's
+   death was charged to the other message as well. Seen in scenario 12 at full size (3 pills,
+   replicas restarted after every death): a chat-cleanup message was dead-lettered as
+   "handling it killed the worker process 3 times" and its chat was never cleaned up. Fix: one
+   lock per process (`Engine._alone`) that every suspect handling holds. What remains: a
+   trusted message of a normal batch can still kill the process while a suspect one runs; a
+   pill does that only on its first delivery (its batch is suspect afterwards), so each pill
+   can charge a healthy suspect message at most once, below `max_handler_crashes` (3) unless
+   three pills' first deliveries meet the same message. Pinned by
+   `test_suspect_messages_of_one_process_are_handled_one_at_a_time_across_partitions`.
 
 Observations (not bugs):
 
@@ -370,8 +440,32 @@ Observations (not bugs):
   size with a 5 s lease, hence its 15 s lease).
 * A kill -9 between a provider's answer and the database write repeats that DELETE after the
   takeover; the provider answers 404 and the file counts as deleted (scenario 2's repeats).
-* Recovery after a database outage grows with the outage (each loop backs off 1, 2, 4 … 30 s),
-  and a loop that only waited for a pool connection through a short outage logs nothing.
+* A lost lease repeats work the same way: the frozen holder's handlers finish what they were
+  doing (their writes are compare-and-set on the row, so each file is recorded once), its ack
+  is refused by the fencing token, and the new holder delivers the batch again, alone and
+  marked `redelivered`, on the same delivery number; deletes the old holder had carried out
+  answer 404 (scenarios 8 and 11's repeats, and `first_deliveries_handled_twice` stays 0). A
+  connection cut mid-transaction (scenario 10: server connections terminated, PgBouncer
+  killed) does the same to the statement it interrupted.
+* A poison pill costs one lease expiry per death (the killed replica's lease must run out
+  before anyone handles that partition again): about `(1 + max_handler_crashes) x
+  lease_seconds` before it is dead-lettered, during which the rest of its partition waits and
+  the other partitions flow (scenario 12).
+* Recovery after a database outage grows with the outage (each loop backs off 1, 2, 4 … 30 s;
+  the first statement that completes wakes the other loops, at most once a second), and a
+  loop that only waited for a pool connection through a short outage logs nothing.
+* Route suspicion (SPEC §13) and ghosts: thousands of messages for files that never existed,
+  on one route, are what a wrong key or project looks like (more than 10 distinct not-founds
+  in a row without a success). At full size scenario 5's 5 000 generated payloads made the
+  shared route suspected and 256 "already gone" messages were retried as `config` and
+  dead-lettered after `max_deliveries`, as the rule intends (a page, not rows marked done).
+  Scenario 5 is about the payload parser, so it raises
+  `providers.route_suspicion.not_found_threshold`; the rule has its own tests.
+* Outage truthfulness (scenarios 3 and 9): every look at a replica whose last database event
+  is `database_unavailable` found `mini_chat_worker_database_up` 0 and `/readyz` 503 naming the
+  cause (`/healthz` stays 200: a restart would not help), no replica logged
+  `database_recovered` before the database was back, and the causes logged are the server's
+  own words (connection refused or closed, administrator command, read-only transaction).
 """
 
 
@@ -394,17 +488,22 @@ def main(argv: list[str] | None = None) -> int:
         help=f"write the document here (default {DOC.relative_to(REPO)} when every scenario runs)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
+    parser.add_argument(
+        "--note", default="", help="a sentence for the machine paragraph (e.g. other load)"
+    )
     args = parser.parse_args(argv)
     numbers = sorted(set(args.scenario or SCENARIOS))
     results: dict[int, tuple[Result | None, str]] = {}
     started = time.monotonic()
     stop_servers_on_sigterm()  # this script owns its signals: SIGTERM stops its server too
+    loads = [load_average()]
     with start_postgres() as server, tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         kind = f"{server.kind}, server {server.server_version_num // 10000}"
         for number in numbers:
             workdir = Path(tmp) / f"s{number}"
             workdir.mkdir()
             results[number] = run_one(server, number, args.size, workdir)
+            loads.append(load_average())
     seconds = time.monotonic() - started
     print(summary_table(args.size, results))
     if args.json:
@@ -418,7 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (DOC if len(numbers) == len(SCENARIOS) else None)
     if output is not None:
         raw = sys.argv[1:] if argv is None else argv
-        output.write_text(document(args.size, results, seconds, kind, raw))
+        load = (
+            f"{loads[0]:.1f} at the start, {max(loads):.1f} at most between scenarios,"
+            f" {loads[-1]:.1f} at the end"
+        )
+        output.write_text(document(args.size, results, seconds, kind, raw, load, args.note))
         print(f"wrote {output} ({platform.node()}, {seconds / 60:.1f} min)", file=sys.stderr)
     return 0 if all(r is not None for r, _ in results.values()) else 1
 

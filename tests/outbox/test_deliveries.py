@@ -103,7 +103,12 @@ async def test_a_suspect_message_is_not_handled_while_its_start_cannot_be_record
         unreachable, min_size=0, max_size=1, timeout=0.5, open=False
     ) as down:
         [handled] = await run_alone(
-            runner, down, [replace(envelope, suspect=True)], asyncio.Event(), max_crashes=3
+            runner,
+            down,
+            [replace(envelope, suspect=True)],
+            asyncio.Event(),
+            max_crashes=3,
+            alone=asyncio.Lock(),
         )
     assert handler.seen == []
     assert isinstance(handled.outcome, Retry)

@@ -10,7 +10,10 @@ script (``scripts/reliability.py``, full sizes); the scenarios themselves live i
   recognisable secret) and most have their own endpoint prefix, so the request log shows which
   tenant's credentials and route every request used.
 * Workers: ``python -m worker --log-format json --log-level debug run`` subprocesses, stdout
-  and stderr captured to files, metrics scraped from their HTTP port.
+  and stderr captured to files, metrics scraped from their HTTP port (scenario 12 starts them
+  through ``poison_worker.py``, a test-only wrapper that adds a poison pill).
+* PgBouncer (scenario 10): the suite's own (``tests/pgbouncer.py``), which can be killed and
+  started again here (``RestartablePgBouncer``).
 
 Instrumentation (test database only, never product code): AFTER triggers copy every change of
 a partition lease (``modkit_outbox_processor``) and of a retry-row lease
@@ -51,6 +54,7 @@ from uuid import UUID
 import psycopg
 import yaml
 from dsn import rows, scalar
+from pgbouncer import PgBouncer, _die_with_parent, locate
 from psycopg.conninfo import make_conninfo
 
 from cwlab.fake_openai import FakeOpenAI, Fault, RecordedRequest
@@ -328,6 +332,44 @@ def drop_database(server: PostgresServer, name: str) -> None:
         _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# -- PgBouncer --------------------------------------------------------------------------------
+
+
+class RestartablePgBouncer(PgBouncer):
+    """The suite's PgBouncer (``tests/pgbouncer.py``: transaction pooling, scram, a userlist of
+    plain passwords) that can also be killed and started again on the same port with the same
+    configuration: a PgBouncer pod replaced under running clients."""
+
+    def kill(self) -> None:
+        """Every client and server connection is cut at once."""
+        self._proc.kill()
+        self._proc.wait(10)
+
+    def start_again(self) -> None:
+        """The same binary, configuration and port; returns once it accepts a login."""
+        binary, env = locate()
+        with (self._dir / "stderr.log").open("ab") as stderr:
+            self._proc = subprocess.Popen(
+                [str(binary), "-q", str(self._dir / "pgbouncer.ini")],
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd="/",
+                user=None if self._owner is None else self._owner.pw_uid,
+                group=None if self._owner is None else self._owner.pw_gid,
+                extra_groups=None if self._owner is None else [],
+                preexec_fn=_die_with_parent,
+            )
+        self._wait_ready(self.dsn())
+
+    def logins(self, dbname: str) -> int:
+        """Client logins to ``dbname`` PgBouncer logged (it logs every one by default)."""
+        path = self._dir / "pgbouncer.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text.count(f"login attempt: db={dbname} ")
+
+
 # -- worker processes ------------------------------------------------------------------------
 
 
@@ -345,7 +387,14 @@ def _subprocess_env(changes: Mapping[str, str]) -> dict[str, str]:
 class Replica:
     """One ``cleanup-worker run`` process; output in files (a pipe could fill up and block)."""
 
-    def __init__(self, name: str, config_path: Path, env: Mapping[str, str], logdir: Path):
+    def __init__(
+        self,
+        name: str,
+        config_path: Path,
+        env: Mapping[str, str],
+        logdir: Path,
+        command: Sequence[str] = WORKER_COMMAND,
+    ):
         self.name = name
         self.stdout_path = logdir / f"{name}.stdout"
         self.stderr_path = logdir / f"{name}.stderr"
@@ -359,7 +408,7 @@ class Replica:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [
-                    *WORKER_COMMAND,
+                    *command,
                     "--config",
                     str(config_path),
                     "--log-format",
@@ -517,10 +566,13 @@ async def seed(
     rng: random.Random,
     *,
     prepare: Callable[[World], None] | None = None,
+    interleave: Callable[[Any], Awaitable[int]] | None = None,
 ) -> World:
     """Rows in bulk, then deletes through the chat service's flows (``worker.producer``).
 
     ``prepare`` runs once the world is known and before anything is committed (inject faults).
+    ``interleave`` enqueues messages of its own halfway through the flows, in the same
+    transaction (they land amid the backlog); it returns how many (``extra_messages``).
     """
     world = World(tenants)
     now = datetime.now(UTC)
@@ -661,7 +713,9 @@ async def seed(
             " provider, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
             stores,
         )
-        for flow in flows:
+        for n, flow in enumerate(flows):
+            if interleave is not None and n == len(flows) // 2:
+                world.extra_messages += await interleave(conn)
             await flow(conn)
     return world
 
@@ -733,6 +787,11 @@ class Cluster:
         self.config_overrides = dict(config or {})
         self.db_name = f"rel_{name}_{uuid.uuid4().hex[:8]}"
         self.dsn = ""
+        # What the workers connect with, when not ``dsn`` (the harness itself: always ``dsn``).
+        self.worker_dsn: str | None = None
+        # How the workers are started (a test-only wrapper may replace it) and extra env.
+        self.replica_command: Sequence[str] = WORKER_COMMAND
+        self.replica_env: dict[str, str] = {}
         self.replicas: list[Replica] = []
         self.config_path = workdir / f"{name}.yaml"
         self.logdir = workdir / f"{name}-logs"
@@ -756,10 +815,16 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"CLEANUP_WORKER_DSN": self.dsn, **self.secrets.keys}
+        return {"CLEANUP_WORKER_DSN": self.worker_dsn or self.dsn, **self.secrets.keys}
 
     def start_replica(self) -> Replica:
-        replica = Replica(f"r{len(self.replicas)}", self.config_path, self.env, self.logdir)
+        replica = Replica(
+            f"r{len(self.replicas)}",
+            self.config_path,
+            {**self.env, **self.replica_env},
+            self.logdir,
+            self.replica_command,
+        )
         self.replicas.append(replica)
         return replica
 

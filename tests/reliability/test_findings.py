@@ -6,6 +6,7 @@ fixed and now guards against its return (docs/RELIABILITY.md "Findings": analysi
 5. The log redactor is quadratic in the length of a token.
 6. Calls never sent to the provider count as cleanup attempts (files end failed untried).
 7. A stale batch of a process acks under the same process's newer lease of the partition.
+9. Suspect messages of two partitions handled "alone" at once: one's death charged to both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import psycopg_pool
 import pytest
+from outbox.helpers import AQ, enqueue_many, expire_lease, make_engine
 
 from worker.handlers.payloads import (
     JSON,
@@ -26,6 +28,7 @@ from worker.handlers.payloads import (
     parse_attachment_deleted,
     parse_chat_soft_deleted,
 )
+from worker.models import Message, Ok
 from worker.observability.logging import redact
 from worker.outbox import processor
 from worker.outbox.leases import heartbeat
@@ -253,7 +256,7 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
     ``message_handled`` lines of the second batch follow (and the parked messages are
     handled by another replica at the same time). A lease must be identified per
     acquisition (e.g. guard on ``attempts`` as leased, or a per-lease token in locked_by)."""
-    from worker.models import Message, Ok, Outcome
+    from worker.models import Ok, Outcome
     from worker.outbox.delivery import RetryPolicy
     from worker.outbox.engine import Engine, EngineSettings
     from worker.outbox.enqueue import enqueue
@@ -362,3 +365,46 @@ async def test_a_call_whose_retry_the_limiter_refused_still_counts_as_sent() -> 
         f"file-x's call sent {len(sent_for_x)} request(s) but its result says it sent none:"
         f" {result_x}"
     )
+
+
+# -- 9. a suspect message charged with another one's death ---------------------------------------
+
+
+async def test_suspect_messages_of_one_process_are_handled_one_at_a_time_across_partitions(
+    pool: psycopg_pool.AsyncConnectionPool, conn: psycopg.AsyncConnection
+) -> None:
+    """Handling "alone" must mean alone in the process, not alone in its batch.
+
+    Poison-pill isolation records a suspect message as started before its handler runs and as
+    finished after; a start without a finish is a death it caused. But each lane handled its
+    own suspect batch alone, so two suspect messages of different partitions ran at once in
+    one process: when one of them (a poison pill) killed the process, the other was charged
+    with that death too. Reliability scenario 12 at full size (three pills, three replicas
+    restarted after every death) dead-lettered a healthy chat-cleanup message as "handling it
+    killed the worker process 3 times": its chat was never cleaned up.
+    """
+    for partition in (0, 1):
+        await enqueue_many(conn, AQ, partition, [partition])
+    in_flight = 0
+    most = 0
+
+    async def handler(message: Message) -> Ok:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.3)  # the window in which a pill would kill the process
+        in_flight -= 1
+        return Ok()
+
+    engine = make_engine(pool, {AQ: handler})
+    await engine.sequence()
+    # A replica leased both partitions, read them and died: both batches are now suspect.
+    leases = await processor.lease_partitions(pool, AQ, worker_id="died", lease_seconds=30, limit=2)
+    for lease in leases:
+        assert len(await processor.read_batch(pool, lease, limit=10)) == 1
+        await expire_lease(conn, AQ, lease.partition)
+
+    report = await engine.process_partitions(AQ, max_partitions=2)  # both, concurrently
+
+    assert report.handled == 2
+    assert most == 1, "two suspect messages ran at once: one's death would be charged to both"

@@ -113,6 +113,8 @@ class Engine:
             concurrency=settings.concurrency,
             budget_seconds=settings.handler_budget_seconds,
         )
+        # One suspect message at a time in the whole process, whatever its lane (isolation.py).
+        self._alone = asyncio.Lock()
 
     async def sequence(self) -> int:
         return await sequence_queues(self.pool, self.queues)
@@ -234,6 +236,7 @@ class Engine:
                     suspect,
                     abort,
                     max_crashes=self.settings.max_handler_crashes,
+                    alone=self._alone,
                 ),
             )
         handled: list[Handled] = [*together, *alone]

@@ -37,17 +37,23 @@ async def run_alone(
     abort: asyncio.Event,
     *,
     max_crashes: int,
+    alone: asyncio.Lock,
 ) -> list[Handled]:
-    """Handle suspect envelopes one at a time, refusing those that killed the process before."""
+    """Handle suspect envelopes one at a time, refusing those that killed the process before.
+
+    ``alone`` is the process's one lock for suspect handling, shared by all its lanes: two
+    suspect messages of different partitions running at once would both be charged with a
+    death only one of them caused (a healthy message dead-lettered as a poison pill)."""
     if envelopes:
         log.warning("handling_alone", messages=len(envelopes), reason="previous lease not acked")
     results = []
     for envelope in envelopes:
-        if abort.is_set():
-            interrupted = Retry(RetryReason.INTERRUPTED, "worker shutting down")
-            results.append(Handled(envelope, interrupted, 0.0))
-            continue
-        results.append(await _run_one_alone(runner, pool, envelope, abort, max_crashes))
+        async with alone:
+            if abort.is_set():
+                interrupted = Retry(RetryReason.INTERRUPTED, "worker shutting down")
+                results.append(Handled(envelope, interrupted, 0.0))
+                continue
+            results.append(await _run_one_alone(runner, pool, envelope, abort, max_crashes))
     return results
 
 
