@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from factories import (
     Attachment,
     create_attachment,
@@ -21,7 +20,6 @@ from factories import (
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn
-from worker.db.queries import q
 from worker.handlers.payloads import AttachmentDeleted
 from worker.handlers.repository import (
     CleanupRepository,
@@ -266,23 +264,6 @@ async def test_take_attachment_sees_live_references_to_the_file(
     assert (await repo.take_attachment(event_for(att))).file_in_live_use
     assert (await repo.take_attachment(purged)).file_in_live_use
     assert (await repo.pending_attachments(chat.id))[0].file_in_live_use
-
-
-@pytest.mark.parametrize("query", ["take_attachment", "pending_attachments_of_chat"])
-async def test_live_reference_check_uses_the_partial_index(conn: Conn, query: str) -> None:
-    """Index-backed, not a scan of every attachment: the plan of the real query names the index
-    (seqscan off, because a near-empty test table is scanned whatever indexes exist)."""
-    await conn.execute("SET enable_seqscan = off")
-    params = {
-        "attachment_id": uuid.uuid4(),
-        "tenant_id": uuid.uuid4(),
-        "chat_id": uuid.uuid4(),
-        "storage_backend": "openai",
-        "provider_file_id": "file-x",
-    }
-    cur = await conn.execute(b"EXPLAIN " + q(query), params)
-    plan = "\n".join(row[0] for row in await cur.fetchall())
-    assert "idx_attachments_live_provider_file" in plan, plan
 
 
 async def test_chat_is_deleted(pool: AsyncConnectionPool, conn: Conn) -> None:
