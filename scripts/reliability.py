@@ -406,12 +406,12 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    `tests/outbox/test_leases.py::test_handlers_holding_every_pooled_connection_do_not_starve_the_heartbeat`,
    whose control case on the shared pool loses the lease. Since §13 a lease that is lost all
    the same costs less: it is no delivery (a message's delivery number grows only when an
-   outcome was stored, or a handling of it outlived its lease: killed, or frozen past
-   the lease, which the database cannot tell apart), so churn can no longer dead-letter a healthy
+   outcome was stored, or a handling of it outlived its lease: killed, or frozen past the
+   lease, which the database cannot tell apart), so churn can no longer dead-letter a healthy
    message for "max deliveries" (scenario 11: through dozens of takeovers no delivery number
-   grew without a retry outcome or such a handling); the batch after an unacked lease is handled one message at
-   a time (slower, only then); and the upkeep statements are single transactions without
-   session state, so the 2 connections work unchanged through PgBouncer in transaction mode
+   grew without a retry outcome or such a handling); the batch after an unacked lease is
+   handled one message at a time (slower, only then); and the upkeep statements are single
+   transactions without session state, so the 2 connections work unchanged through PgBouncer in transaction mode
    (scenario 10).
 
 9. **A healthy message dead-lettered as a poison pill** (`worker/outbox/isolation.py`

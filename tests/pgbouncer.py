@@ -168,7 +168,16 @@ class PgBouncer:
         self.port = _free_port()
         self._write_config(str(target.get("host") or "127.0.0.1"), str(target.get("port") or 5432))
         self._chown()
-        with (self._dir / "stderr.log").open("wb") as stderr:
+        self._spawn(binary, env, log_mode="wb")
+        try:
+            self._wait_ready(self.dsn())
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, binary: Path, env: dict[str, str], *, log_mode: str) -> None:
+        """Start PgBouncer on this instance's configuration (as the socket owner when root)."""
+        with (self._dir / "stderr.log").open(log_mode) as stderr:
             self._proc = subprocess.Popen(
                 [str(binary), "-q", str(self._dir / "pgbouncer.ini")],
                 env={**os.environ, **env},
@@ -181,11 +190,6 @@ class PgBouncer:
                 extra_groups=None if self._owner is None else [],
                 preexec_fn=_die_with_parent,
             )
-        try:
-            self._wait_ready(self.dsn())
-        except BaseException:
-            self.close()
-            raise
 
     def dsn(self, dbname: str = "postgres", *, user: str | None = None) -> str:
         """A URI through PgBouncer, as ``user`` (default: the server's superuser)."""

@@ -54,7 +54,7 @@ from uuid import UUID
 import psycopg
 import yaml
 from dsn import rows, scalar
-from pgbouncer import PgBouncer, _die_with_parent, locate
+from pgbouncer import PgBouncer, locate
 from psycopg.conninfo import make_conninfo
 
 from cwlab.fake_openai import FakeOpenAI, Fault, RecordedRequest
@@ -348,19 +348,7 @@ class RestartablePgBouncer(PgBouncer):
     def start_again(self) -> None:
         """The same binary, configuration and port; returns once it accepts a login."""
         binary, env = locate()
-        with (self._dir / "stderr.log").open("ab") as stderr:
-            self._proc = subprocess.Popen(
-                [str(binary), "-q", str(self._dir / "pgbouncer.ini")],
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd="/",
-                user=None if self._owner is None else self._owner.pw_uid,
-                group=None if self._owner is None else self._owner.pw_gid,
-                extra_groups=None if self._owner is None else [],
-                preexec_fn=_die_with_parent,
-            )
+        self._spawn(binary, env, log_mode="ab")
         self._wait_ready(self.dsn())
 
     def logins(self, dbname: str) -> int:

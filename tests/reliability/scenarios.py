@@ -1947,8 +1947,8 @@ async def s11_lease_ping_pong(server: PostgresServer, workdir: Path, size: str) 
     change in the audit, and a sample of every cursor every 0.2 s), no dead letter for a
     message some worker handled Ok, and lease churn alone dead-letters nothing: a message
     redelivered because its lease ran out keeps its delivery number, which grows only with a
-    retry outcome or a handling that outlived its lease (delivery numbers and outcomes per message from the workers' logs;
-    ``retry.max_deliveries`` 6)."""
+    retry outcome or a handling that outlived its lease (delivery numbers and outcomes per
+    message from the workers' logs; ``retry.max_deliveries`` 6)."""
     cycles = _pick(size, 4, 8, 12)
     # The lowest the config rules allow with the default cleanup.max_attempts (5): a frozen
     # replica's in-flight request times out when it resumes, a real attempt (it was sent), so
