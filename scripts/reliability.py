@@ -411,8 +411,8 @@ intermittently, with the evidence the checks print: a partition leased and kept 
    message for "max deliveries" (scenario 11: through dozens of takeovers no delivery number
    grew without a retry outcome or such a handling); the batch after an unacked lease is
    handled one message at a time (slower, only then); and the upkeep statements are single
-   transactions without session state, so the 2 connections work unchanged through PgBouncer in transaction mode
-   (scenario 10).
+   transactions without session state, so the 2 connections work unchanged through PgBouncer
+   in transaction mode (scenario 10).
 
 9. **A healthy message dead-lettered as a poison pill** (`worker/outbox/isolation.py`
    `run_alone`, `worker/outbox/engine.py`). Isolation handles a suspect batch one message at a
