@@ -225,3 +225,26 @@ async def test_a_backend_without_a_shared_key_serves_only_tenants_with_an_overri
         assert "has no routing for 'openai'" in result.detail
     assert [r.api_key for r in fake.requests()] == ["sk-tenant-a"]
     assert fake.files == {"file-b"}
+
+
+async def test_repeats_of_the_routes_own_deletes_are_gone_not_strikes(fake: FakeOpenAI) -> None:
+    """Seen in the read-only failover scenario: deletes went out, recording them failed, and the
+    redeliveries' not-founds (15 in a row) made the route suspected and failed healthy rows."""
+    ids = [f"file-{n:02d}" for n in range(15)]
+    for file_id in ids:
+        fake.add_file(file_id, project="proj_a")
+    events = Events()
+    gateway = ProviderGateway(
+        _config(fake, "RIGHT_KEY"), environ=KEYS, retry=NO_RETRY, route_health=events
+    )
+    try:
+        first = [await gateway.delete_file(TENANT_B, "openai", i) for i in ids]
+        repeats = [await gateway.delete_file(TENANT_B, "openai", i) for i in ids]
+        strangers = [await gateway.delete_file(TENANT_B, "openai", f"file-x{n}") for n in range(11)]
+    finally:
+        await gateway.aclose()
+    assert first == [Deleted()] * 15
+    assert repeats == [Deleted(not_found=True)] * 15  # gone: this route deleted them itself
+    assert strangers[:10] == [Deleted(not_found=True)] * 10  # others still count as strikes
+    assert isinstance(strangers[10], Transient)
+    assert events.seen == [("suspected", "openai", 11)]

@@ -240,11 +240,14 @@ class ProviderGateway:
         """Route suspicion (SPEC §13): not-founds of a suspected route are not "done"."""
         route, streak = state.route, state.streak
         if isinstance(result, Deleted) and not result.not_found:
+            streak.deleted(target.resource, target.resource_id)
             if streak.succeeded() and self._route_health is not None:
                 await self._route_health.route_recovered(route)
             return result
         if not (isinstance(result, Deleted) and result.not_found):
             return result
+        if streak.deleted_here(target.resource, target.resource_id):
+            return result  # a repeat of this route's own delete: gone, and no strike
         if not streak.suspected:
             if not streak.not_found(target.resource, target.resource_id):
                 return result

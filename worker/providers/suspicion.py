@@ -10,6 +10,7 @@ A wrong key therefore marks at most ``threshold`` rows done per replica, not all
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Protocol
 
 from worker.providers.results import ResourceKind
@@ -27,6 +28,10 @@ class RouteHealthListener(Protocol):
     async def route_recovered(self, route: Route) -> None: ...
 
 
+# Enough for every delete of a long database outage at a route's rate; a few MB at most.
+DELETED_HERE_REMEMBERED = 50_000
+
+
 class NotFoundStreak:
     """Distinct objects a route answered not-found for since its last successful delete."""
 
@@ -37,6 +42,21 @@ class NotFoundStreak:
         self._objects: set[tuple[ResourceKind, str]] = set()
         self._restored = 0
         self.suspected = False
+        # Objects this route itself deleted (2xx) lately. When recording that delete failed (a
+        # database outage, a lost lease) the message comes back and the repeat answers
+        # not-found: that is the route's own earlier success, not a sign of a wrong key.
+        self._deleted_here: OrderedDict[tuple[ResourceKind, str], None] = OrderedDict()
+
+    def deleted(self, resource: ResourceKind, resource_id: str) -> None:
+        """Remember an object this route deleted (bounded: the oldest are forgotten)."""
+        self._deleted_here[(resource, resource_id)] = None
+        self._deleted_here.move_to_end((resource, resource_id))
+        while len(self._deleted_here) > DELETED_HERE_REMEMBERED:
+            self._deleted_here.popitem(last=False)
+
+    def deleted_here(self, resource: ResourceKind, resource_id: str) -> bool:
+        """Whether this route deleted the object itself: its not-found is no strike."""
+        return (resource, resource_id) in self._deleted_here
 
     @property
     def distinct(self) -> int:
