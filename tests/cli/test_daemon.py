@@ -32,6 +32,7 @@ from cli.support import (
 )
 from cwlab.fake_openai import FakeOpenAI
 from cwlab.postgres import PostgresServer
+from worker.runtime.daemon import DUPLICATE_SIGNAL_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -314,6 +315,7 @@ async def test_second_sigterm_exits_at_once_and_loses_nothing(
 
     daemon.send(signal.SIGTERM)
     await _probe(port, "/readyz", 503, daemon, 5)  # the first signal is being honoured
+    await asyncio.sleep(DUPLICATE_SIGNAL_SECONDS)  # a second request, not the first one again
     daemon.send(signal.SIGTERM)
     signalled = time.monotonic()
     code = await daemon.wait(within=5)
@@ -323,6 +325,30 @@ async def test_second_sigterm_exits_at_once_and_loses_nothing(
     assert "worker_killed" in [e.get("event") for e in daemon.events()]
     assert (await _live_leases(db))[0] > 0  # left to expire (lease_seconds = 5)
 
+    await _finish_with_drain(db, slow_fake, tmp_path, total)
+
+
+async def test_a_signal_delivered_twice_is_one_request(
+    db: str, slow_fake: FakeOpenAI, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """`timeout` signals the child and then its process group: two SIGTERMs a moment apart.
+    Observed in CI: the README's `timeout … run` exited 1 with `worker_killed`."""
+    total = await _load(db, slow_fake)
+    port = free_port()
+    daemon = start_daemon(_slow_config(slow_fake, grace=1.0), base_env(db), port)
+    await _probe(port, "/readyz", 200, daemon, STARTUP_SECONDS)
+    await wait_for(lambda: _at_least(db, 10), within=30, what="processing to start")
+
+    daemon.send(signal.SIGTERM)
+    await asyncio.sleep(0.05)  # as in CI: 40 ms apart, not merged by the kernel
+    daemon.send(signal.SIGTERM)
+    code = await daemon.wait(within=30)
+
+    assert code == 0, daemon.tail()
+    events = [e.get("event") for e in daemon.events()]
+    assert "worker_killed" not in events
+    assert events.count("worker_stopping") == 1
+    assert await _live_leases(db) == (0, 0)
     await _finish_with_drain(db, slow_fake, tmp_path, total)
 
 

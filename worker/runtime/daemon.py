@@ -13,7 +13,10 @@ once every such loop has completed a statement again. A turn that asked the data
 
 Shutdown (SIGTERM/SIGINT): stop leasing; let in-flight batches finish until the grace
 deadline; then interrupt what is left, whose messages the ack parks as due at once; release
-and exit 0. A second signal exits at once: leases simply expire, nothing is lost.
+and exit 0. A second signal exits at once: leases simply expire, nothing is lost. A repeat
+within DUPLICATE_SIGNAL_SECONDS of the first is the same request delivered twice (`timeout`
+signals the child and then its process group; `uv run` forwards what the terminal also sent),
+and a signal after the loops have stopped has nothing left to interrupt: both are ignored.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 WAKE_INTERVAL_SECONDS = 1.0
 ACK_GRACE_SECONDS = 10.0  # after interrupting: time for the final acks
 READINESS_CACHE_SECONDS = 2.0
+DUPLICATE_SIGNAL_SECONDS = 1.0
 # Below the health server's 2 s probe budget, so a down database is reported as such
 # instead of as "readiness check timed out".
 READINESS_DB_TIMEOUT_SECONDS = 1.5
@@ -77,6 +81,8 @@ class Daemon:
         self._woken_at = 0.0
         self._readiness: tuple[float, tuple[bool, str]] | None = None
         self._readiness_check: asyncio.Task[tuple[bool, str]] | None = None
+        self._first_signal_at: float | None = None
+        self._loops_stopped = False
 
     async def run(self) -> int:
         """Run until a signal (exit 0) or a crashed loop (exit 1)."""
@@ -109,9 +115,13 @@ class Daemon:
         return 1 if self._crashed else 0
 
     def stop(self) -> None:
-        if self.stopping.is_set():
+        now = time.monotonic()
+        if self._first_signal_at is not None:
+            if self._loops_stopped or now - self._first_signal_at < DUPLICATE_SIGNAL_SECONDS:
+                return  # a duplicate delivery, or nothing left to interrupt
             log.warning("worker_killed", reason="second signal: exiting at once")
             os._exit(1)
+        self._first_signal_at = now
         log.info("worker_stopping", grace_seconds=self.app.config.outbox.shutdown_grace_seconds)
         self.stopping.set()
 
@@ -133,6 +143,7 @@ class Daemon:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops_stopped = True
 
     def _loops(self) -> list[tuple[str, Step, float]]:
         config, engine = self.app.config, self.app.engine
