@@ -801,6 +801,7 @@ def demo(
     # the product runs without it (.importlinter allows exactly this edge).
     try:
         from cwlab import demo as lab
+        from cwlab import summary as lab_summary
         from cwlab.fake_openai import FakeOpenAI
         from cwlab.postgres import ProvisioningError, stop_servers_on_sigterm
     except ModuleNotFoundError as exc:
@@ -839,9 +840,9 @@ def demo(
         )
     shown = redact(dsn)
     if as_json:
-        _emit_json(render.demo_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
+        _emit_json(lab_summary.as_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
     else:
-        click.echo(render.demo_summary(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
+        click.echo(lab_summary.text(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
 
 
 def exit_code(exc: CleanupWorkerError) -> int:
