@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
@@ -107,8 +107,7 @@ def status(report: Status) -> str:
             or [["-", "-", 0, None]],
         ),
         "",
-        "Attachments by cleanup_status: "
-        + (", ".join(f"{k}={v}" for k, v in sorted(attachments.items())) or "none"),
+        _attachment_counts(report),
         f"Vector stores of deleted chats still to delete: {report.outstanding_vector_stores}",
         "",
         "Tenants with the most cleanup left (attachment rows and vector stores, most first)",
@@ -127,6 +126,21 @@ def status(report: Status) -> str:
         for p in report.index_problems
     ]
     return "\n".join(parts + _suspected_routes(report))
+
+
+def _attachment_counts(report: Status) -> str:
+    """``done~1,999,000`` marks the planner's estimate (the history of a large table)."""
+    shown = [
+        f"{key}~{n:,}" if key in report.attachments_estimated else f"{key}={n}"
+        for key, n in sorted(report.attachments.items())
+    ]
+    note = (
+        " (~: estimated on a large table; rows whose cleanup never started are not counted:"
+        " `reconcile` finds their files)"
+        if report.attachments_estimated
+        else ""
+    )
+    return f"Attachments by cleanup_status{note}: " + (", ".join(shown) or "none")
 
 
 def _suspected_routes(report: Status) -> list[str]:

@@ -55,11 +55,22 @@ SELECT cleanup_status, count(*) AS count FROM attachments
 WHERE cleanup_status IN ('pending', 'failed')
 GROUP BY cleanup_status;
 
--- name: attachment_status_counts
--- Attachments by cleanup_status, including done (for the status command, not the hot loop).
+-- name: attachments_row_estimate
+-- The planner's row count of attachments (pg_class.reltuples: no scan; -1 before the first
+-- ANALYZE). Above a threshold `status` estimates the history instead of counting it.
+SELECT reltuples::bigint FROM pg_class WHERE oid = 'attachments'::regclass;
+
+-- name: attachment_history_counts
+-- The history, counted exactly (a scan of the table: only on tables below the threshold):
+-- done rows, and soft-deleted rows whose cleanup never started ('none').
 SELECT coalesce(cleanup_status, 'none') AS cleanup_status, count(*) AS count
-FROM attachments WHERE deleted_at IS NOT NULL OR cleanup_status IS NOT NULL
+FROM attachments
+WHERE cleanup_status = 'done' OR (cleanup_status IS NULL AND deleted_at IS NOT NULL)
 GROUP BY 1;
+
+-- name: attachments_done
+-- Estimated, not run, on a large table: `status` reads the planner's row estimate (EXPLAIN).
+SELECT 1 FROM attachments WHERE cleanup_status = 'done';
 
 -- name: tenant_backlog
 -- The tenants with the most cleanup left: attachment rows pending / failed and vector stores of

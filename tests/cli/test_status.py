@@ -33,6 +33,7 @@ async def test_status_of_a_fresh_database(config_file: Path, env: dict[str, str 
         "suspected_routes",
         "top_tenants",
         "index_problems",
+        "attachments_estimated",
     }  # fmt: skip
     assert report["suspected_routes"] == []
     assert [(p["queue"], p["partition"]) for p in report["partitions"]] == [
