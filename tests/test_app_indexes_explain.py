@@ -94,6 +94,23 @@ PARAMS = {
     "provider_file_id": f"file-{ROWS - 1}",
 }
 
+# The set-based statements (a batch of messages' rows): every attachments access by key.
+BATCH_PARAMS = {
+    "attachment_ids": [ATTACHMENT, _uuid("a0")],
+    "tenant_ids": [_uuid("t0")] * 2,
+    "chat_ids": [CHAT, _uuid("c0")],
+    "storage_backends": ["azure"] * 2,
+    "provider_file_ids": [f"file-{ROWS - 1}", "file-0"],
+    "notes": [None, None],
+    "object_ids": [None, None],
+    "backends": ["azure"] * 2,
+    "routes": [None, None],
+    "http_statuses": [None, None],
+    "outcomes": [None, None],
+    "request_ids": [None, None],
+    "worker_id": "w",
+}
+
 CHAT_STATUS, DEBT = "idx_attachments_chat_status", "idx_attachments_cleanup_debt"
 LIVE_FILE = "idx_attachments_live_provider_file"
 # (statement, the indexes of which it must use one): the statements on a chat's pending or
@@ -107,14 +124,22 @@ HOT = [
     ("take_attachment", {LIVE_FILE}),
     ("attachment_debt", {DEBT}),
 ]
+PKEY = "attachments_pkey"
+BATCH_HOT = [
+    ("take_attachments", {PKEY}),
+    ("take_attachments", {LIVE_FILE}),
+    ("mark_cleanups_done", {PKEY}),
+]
 
 
 async def test_hot_statements_use_their_indexes_not_a_sequential_scan(
     large: psycopg.AsyncConnection,
 ) -> None:
     problems = []
-    for statement, wanted in HOT:
-        plan = await _plan(large, statement, PARAMS)
+    for statement, wanted, params in [(*h, PARAMS) for h in HOT] + [
+        (*h, BATCH_PARAMS) for h in BATCH_HOT
+    ]:
+        plan = await _plan(large, statement, params)
         seq, used = _attachment_access(plan)
         if seq or not wanted & set(used):
             problems.append(f"{statement}: scans {seq}, indexes {used}, wants one of {wanted}")

@@ -69,6 +69,62 @@ SELECT
     ) AS file_in_live_use
 FROM (SELECT 1) AS one LEFT JOIN found f ON true;
 
+-- name: take_attachments
+-- take_attachment for the messages of one event-loop turn (worker.db.batching), in one
+-- statement that never waits for a lock, so it cannot take part in a deadlock however many
+-- rows it names and in whatever order others lock them: each row is locked with SKIP LOCKED
+-- and answered from its locked (newest) version, as take_attachment answers; a row another
+-- transaction holds comes back busy (all NULL but busy), and the caller takes it with
+-- take_attachment, which waits as it always did. Rows answer in input order (ordinality).
+-- The row count is small (a batch), so every attachments access is by primary key, and the
+-- live-file probe is take_attachment's (idx_attachments_live_provider_file).
+WITH input AS (
+    SELECT * FROM unnest(
+        %(attachment_ids)s::uuid[], %(tenant_ids)s::uuid[], %(chat_ids)s::uuid[],
+        %(storage_backends)s::text[], %(provider_file_ids)s::text[]
+    ) WITH ORDINALITY AS i(attachment_id, tenant_id, chat_id, storage_backend, provider_file_id, n)
+),
+locked AS (
+    SELECT a.id, a.tenant_id, a.chat_id, a.storage_backend, a.provider_file_id,
+           a.cleanup_status, a.deleted_at IS NOT NULL AS deleted
+    FROM attachments a
+    WHERE a.id = ANY(%(attachment_ids)s::uuid[])
+    FOR NO KEY UPDATE OF a SKIP LOCKED
+),
+taken AS (
+    UPDATE attachments a
+    SET cleanup_status = coalesce(a.cleanup_status, 'pending'),
+        cleanup_updated_at = CASE
+            WHEN a.cleanup_status IS NULL THEN now() ELSE a.cleanup_updated_at
+        END
+    FROM input i, chats c
+    WHERE a.id IN (SELECT id FROM locked) AND a.id = i.attachment_id AND c.id = a.chat_id
+      AND a.cleanup_status IS DISTINCT FROM 'done'
+      AND (a.deleted_at IS NOT NULL OR c.deleted_at IS NOT NULL)
+      AND a.tenant_id = i.tenant_id AND a.chat_id = i.chat_id
+      AND a.storage_backend = i.storage_backend
+      AND a.provider_file_id IS NOT DISTINCT FROM i.provider_file_id
+    RETURNING a.id, a.cleanup_status
+)
+SELECT
+    l.tenant_id, l.chat_id, l.storage_backend, l.provider_file_id,
+    coalesce(t.cleanup_status, l.cleanup_status) AS cleanup_status, l.deleted,
+    t.id IS NOT NULL AS taken,
+    EXISTS (
+        SELECT 1 FROM chats WHERE id = i.chat_id AND deleted_at IS NOT NULL
+    ) AS chat_deleted,
+    EXISTS (
+        SELECT 1 FROM attachments o JOIN chats oc ON oc.id = o.chat_id
+        WHERE o.provider_file_id = i.provider_file_id
+          AND o.deleted_at IS NULL AND oc.deleted_at IS NULL
+          AND o.id <> i.attachment_id
+    ) AS file_in_live_use,
+    l.id IS NULL AND EXISTS (SELECT 1 FROM attachments b WHERE b.id = i.attachment_id) AS busy
+FROM input i
+LEFT JOIN locked l ON l.id = i.attachment_id
+LEFT JOIN taken t ON t.id = i.attachment_id
+ORDER BY i.n;
+
 -- name: adopt_chat_attachments
 -- The chat path owns every attachment of a deleted chat, also those deleted one by one earlier
 -- whose own cleanup never started.
@@ -102,6 +158,52 @@ receipt AS (
     WHERE %(object_id)s::text IS NOT NULL
 )
 SELECT count(*) FROM done;
+
+-- name: mark_cleanups_done
+-- mark_cleanup_done for the calls of one event-loop turn (worker.db.batching), in one
+-- statement that never waits for a lock (as take_attachments): a row another transaction holds
+-- comes back busy and gets neither its update nor its receipt here; the caller runs
+-- mark_cleanup_done for it. Per input row, in input order: done (the row turned done), busy.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(attachment_ids)s::uuid[], %(notes)s::text[], %(object_ids)s::text[],
+        %(tenant_ids)s::uuid[], %(chat_ids)s::uuid[], %(backends)s::text[], %(routes)s::text[],
+        %(http_statuses)s::smallint[], %(outcomes)s::text[], %(request_ids)s::text[]
+    ) WITH ORDINALITY AS i(attachment_id, note, object_id, tenant_id, chat_id, backend, route,
+                           http_status, outcome, request_id, n)
+),
+locked AS (
+    SELECT a.id FROM attachments a
+    WHERE a.id = ANY(%(attachment_ids)s::uuid[])
+    FOR NO KEY UPDATE OF a SKIP LOCKED
+),
+answered AS (
+    -- Locked by this statement, or no row at all (a purged chat): settled here.
+    SELECT i.*, l.id IS NULL AND EXISTS (
+        SELECT 1 FROM attachments b WHERE b.id = i.attachment_id
+    ) AS busy
+    FROM input i LEFT JOIN locked l ON l.id = i.attachment_id
+),
+done AS (
+    UPDATE attachments a
+    SET cleanup_status = 'done', cleanup_updated_at = now(),
+        last_cleanup_error = coalesce(i.note, a.last_cleanup_error)
+    FROM answered i
+    WHERE a.id IN (SELECT id FROM locked) AND a.id = i.attachment_id
+      AND a.cleanup_status IN ('pending', 'failed')
+    RETURNING a.id
+),
+receipt AS (
+    INSERT INTO cleanup_worker_receipts (
+        object_kind, object_id, tenant_id, chat_id, attachment_id, backend, route,
+        http_status, outcome, request_id, worker_id)
+    SELECT 'file', object_id, tenant_id, chat_id, attachment_id, backend, route, http_status,
+           outcome, request_id, %(worker_id)s::text
+    FROM answered WHERE object_id IS NOT NULL AND NOT busy
+)
+SELECT d.id IS NOT NULL AS done, i.busy
+FROM answered i LEFT JOIN done d ON d.id = i.attachment_id
+ORDER BY i.n;
 
 -- name: record_cleanup_attempt
 -- Count a failed attempt; the row turns 'failed' on the max-th one (or at once when permanent).

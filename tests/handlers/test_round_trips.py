@@ -7,6 +7,7 @@ attachment, and the pending re-check together with the failed count, must not co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -126,13 +127,13 @@ def chat_message(chat: Chat) -> Message:
 async def test_attachment_cleanup_takes_two_statements(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """Was three: ``chat_is_deleted`` now rides on ``take_attachment``."""
+    """Was three: ``chat_is_deleted`` now rides on the take."""
     ctx, statements = context(pool, Provider())
     msg = await attachment_message(conn, await create_chat(conn))
 
     assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
 
-    assert statements == ["take_attachment", "mark_cleanup_done"]
+    assert statements == ["take_attachments", "mark_cleanups_done"]
 
 
 async def test_attachment_of_a_deleted_chat_takes_one_statement(
@@ -143,7 +144,7 @@ async def test_attachment_of_a_deleted_chat_takes_one_statement(
 
     assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
 
-    assert statements == ["take_attachment"]
+    assert statements == ["take_attachments"]
 
 
 async def test_chat_cleanup_reads_pending_attachments_once(
@@ -162,8 +163,7 @@ async def test_chat_cleanup_reads_pending_attachments_once(
         "chat_is_deleted",
         "adopt_chat_attachments",
         "pending_attachments_of_chat",
-        "mark_cleanup_done",
-        "mark_cleanup_done",
+        "mark_cleanups_done",  # both files' rows: their deletes answered in one turn
         "vector_store_of_chat",
         "unfinished_attachments_of_chat",
         "delete_vector_store_row",
@@ -194,7 +194,7 @@ async def test_attachment_pending_again_still_holds_back_the_vector_store(
 async def test_message_naming_a_live_attachment_takes_one_statement(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """The row checks (live, agrees with the message) ride on ``take_attachment`` too."""
+    """The row checks (live, agrees with the message) ride on the take too."""
     provider = Provider()
     ctx, statements = context(pool, provider)
     chat = await create_chat(conn)
@@ -204,14 +204,14 @@ async def test_message_naming_a_live_attachment_takes_one_statement(
     outcome = await AttachmentCleanupHandler(ctx)(msg)
 
     assert isinstance(outcome, Reject)
-    assert statements == ["take_attachment"]
+    assert statements == ["take_attachments"]
     assert provider.files_deleted == []
 
 
 async def test_file_kept_for_a_live_reference_takes_two_statements(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """The live-reference check rides on ``take_attachment``; keeping the file is one update."""
+    """The live-reference check rides on the take; keeping the file is one update."""
     provider = Provider()
     ctx, statements = context(pool, provider)
     chat = await create_chat(conn)
@@ -220,7 +220,7 @@ async def test_file_kept_for_a_live_reference_takes_two_statements(
 
     assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
 
-    assert statements == ["take_attachment", "mark_cleanup_done"]
+    assert statements == ["take_attachments", "mark_cleanups_done"]
     assert provider.files_deleted == []
 
 
@@ -247,3 +247,88 @@ async def test_chat_restored_after_its_check_deletes_nothing(
     assert provider.files_deleted == []
     assert provider.vector_stores_deleted == []
     assert await fetch_vector_store(conn, chat.id) is not None
+
+
+async def test_concurrent_attachment_cleanups_share_two_statements(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Set-based (SPEC §15): the messages of a batch, handled at once, take their rows in one
+    statement and mark them done in one, not two statements each."""
+    provider = Provider()
+    ctx, statements = context(pool, provider)
+    chat = await create_chat(conn)
+    messages = [await attachment_message(conn, chat, file_id=f"file-{n}") for n in range(20)]
+
+    handler = AttachmentCleanupHandler(ctx)
+    outcomes = await asyncio.gather(*(handler(m) for m in messages))
+
+    assert outcomes == [Ok()] * 20
+    assert statements == ["take_attachments", "mark_cleanups_done"]
+    assert sorted(provider.files_deleted) == sorted(f"file-{n}" for n in range(20))
+    cur = await conn.execute("SELECT cleanup_status, count(*) FROM attachments GROUP BY 1")
+    assert await cur.fetchall() == [("done", 20)]
+    cur = await conn.execute("SELECT count(*) FROM cleanup_worker_receipts")
+    assert await cur.fetchone() == (20,)
+
+
+async def test_a_row_another_transaction_holds_is_taken_by_the_waiting_statement(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """The batch statement never waits for a lock (so it cannot deadlock with a chat-service
+    transaction that holds several rows); the row it skipped is taken by the single-row
+    statement, which waits for the holder and then sees the row as it committed."""
+    provider = Provider()
+    ctx, statements = context(pool, provider)
+    chat = await create_chat(conn)
+    held, free = [await attachment_message(conn, chat, file_id=f"file-{n}") for n in range(2)]
+    held_id = json.loads(held.payload)["attachment_id"]
+
+    handler = AttachmentCleanupHandler(ctx)
+    async with pool.connection() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM attachments WHERE id = %s FOR UPDATE", (held_id,))
+        waiting = asyncio.ensure_future(handler(held))
+        assert await handler(free) == Ok()  # not held up by the other row
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the single-row take waits for the holder
+        assert statements[0] == "take_attachments"
+        assert "take_attachment" in statements
+    assert await waiting == Ok()
+    assert provider.files_deleted == ["file-1", "file-0"]
+    cur = await conn.execute("SELECT count(*) FROM attachments WHERE cleanup_status = 'done'")
+    assert await cur.fetchone() == (2,)
+
+
+async def test_a_busy_row_is_marked_done_by_the_waiting_statement_with_one_receipt(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Mark-done skips a row another transaction holds: neither its update nor its receipt is
+    written by the batch; the single-row statement writes both once the holder is done."""
+    chat = await create_chat(conn)
+    msg = await attachment_message(conn, chat)
+    att_id = json.loads(msg.payload)["attachment_id"]
+    release = asyncio.Event()
+    held = asyncio.Event()
+    holders: list[asyncio.Future[None]] = []
+
+    async def hold_the_row() -> None:  # during the delete: another writer locks the row
+        async def holder_transaction() -> None:
+            async with pool.connection() as other, other.transaction():
+                await other.execute("SELECT 1 FROM attachments WHERE id = %s FOR UPDATE", (att_id,))
+                held.set()
+                await release.wait()
+
+        holders.append(asyncio.ensure_future(holder_transaction()))
+        await held.wait()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+
+    provider = Provider(during_delete=hold_the_row)
+    ctx, statements = context(pool, provider)
+
+    assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
+    await asyncio.gather(*holders)
+
+    assert statements == ["take_attachments", "mark_cleanups_done", "mark_cleanup_done"]
+    cur = await conn.execute("SELECT cleanup_status FROM attachments WHERE id = %s", (att_id,))
+    assert await cur.fetchone() == ("done",)
+    cur = await conn.execute("SELECT count(*) FROM cleanup_worker_receipts")
+    assert await cur.fetchone() == (1,)

@@ -1,15 +1,23 @@
-"""The handlers' reads and writes of chat-service rows (``sql/queries/cleanup.sql``)."""
+"""The handlers' reads and writes of chat-service rows (``sql/queries/cleanup.sql``).
+
+The two statements every attachment cleanup makes, the take and the mark-done, are set-based:
+the calls of concurrently handled messages in one event-loop turn go out as one statement
+(``worker.db.batching``), which never waits for a row lock; a row another transaction holds
+is then taken or marked by the single-row statement, which waits as before (SPEC §15).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
+from worker.db.batching import Batcher
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.handlers.payloads import AttachmentDeleted
@@ -81,6 +89,13 @@ _NO_RECEIPT = dict.fromkeys(
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _DoneCall:
+    attachment_id: UUID
+    note: str | None
+    receipt: Receipt | None
+
+
 def default_worker_id() -> str:
     """Names the process in receipts when the composition root gives no engine worker id."""
     return f"{socket.gethostname()[:200]}-{os.getpid()}"
@@ -96,6 +111,8 @@ class CleanupRepository:
     def __init__(self, pool: AsyncConnectionPool, *, worker_id: str | None = None):
         self._pool = pool
         self._worker_id = worker_id or default_worker_id()
+        self._takes = Batcher(self._take_batch, key=lambda event: event.attachment_id)
+        self._marks = Batcher(self._mark_done_batch, key=lambda call: call.attachment_id)
 
     def _receipt_params(self, receipt: Receipt | None) -> dict[str, Any]:
         fields = _NO_RECEIPT if receipt is None else asdict(receipt)
@@ -127,7 +144,27 @@ class CleanupRepository:
         and a chat service that restores attachments must refuse rows whose cleanup_status is
         not NULL (the upstream never restores); no worker can recall a delete already sent.
         The chat's state and other attachments' references are read as of the statement.
+
+        Concurrent calls share one statement (``take_attachments``); a row it found locked by
+        another transaction is taken here by the single-row statement, which waits for it.
         """
+        return await self._takes(event) or await self._take_waiting(event)
+
+    async def _take_batch(
+        self, events: Sequence[AttachmentDeleted]
+    ) -> list[TakenAttachment | None]:
+        """One statement for many takes; None for a row another transaction holds (busy)."""
+        params = {
+            "attachment_ids": [e.attachment_id for e in events],
+            "tenant_ids": [e.tenant_id for e in events],
+            "chat_ids": [e.chat_id for e in events],
+            "storage_backends": [e.storage_backend for e in events],
+            "provider_file_ids": [e.provider_file_id for e in events],
+        }
+        rows = await self._rows("take_attachments", params)
+        return [None if busy else _taken(row) for *row, busy in rows]
+
+    async def _take_waiting(self, event: AttachmentDeleted) -> TakenAttachment:
         params = {
             "attachment_id": event.attachment_id,
             "tenant_id": event.tenant_id,
@@ -136,11 +173,7 @@ class CleanupRepository:
             "provider_file_id": event.provider_file_id,
         }
         [row] = await self._rows("take_attachment", params)
-        tenant_id, chat_id, backend, file_id, status, deleted, taken, chat_deleted, shared = row
-        stored = None
-        if tenant_id is not None:
-            stored = StoredAttachment(tenant_id, chat_id, backend, file_id, bool(deleted))
-        return TakenAttachment(stored, status, bool(taken), bool(chat_deleted), bool(shared))
+        return _taken(row)
 
     async def adopt_chat_attachments(self, chat_id: UUID) -> int:
         return await self._count("adopt_chat_attachments", {"chat_id": chat_id})
@@ -152,10 +185,28 @@ class CleanupRepository:
 
         ``receipt`` (the provider confirmed the file gone) is written by the same statement,
         also when no row turned done (a purged chat: the message is the only record).
+        Concurrent calls share one statement (``mark_cleanups_done``), as for the take.
         """
-        params = {"attachment_id": attachment_id, "note": note, **self._receipt_params(receipt)}
-        [(done,)] = await self._rows("mark_cleanup_done", params)
-        return int(done) == 1
+        call = _DoneCall(attachment_id, note, receipt)
+        done = await self._marks(call)
+        if done is None:  # the row was busy: the single-row statement waits for it
+            params = {"attachment_id": attachment_id, "note": note, **self._receipt_params(receipt)}
+            [(count,)] = await self._rows("mark_cleanup_done", params)
+            done = int(count) == 1
+        return done
+
+    async def _mark_done_batch(self, calls: Sequence[_DoneCall]) -> list[bool | None]:
+        """One statement for many; per call: turned done, or None (busy, not written)."""
+        receipts = [self._receipt_params(call.receipt) for call in calls]
+        params: dict[str, Any] = {
+            "attachment_ids": [call.attachment_id for call in calls],
+            "notes": [call.note for call in calls],
+            "worker_id": self._worker_id,
+        }
+        for field, column in _RECEIPT_COLUMNS.items():
+            params[column] = [receipt[field] for receipt in receipts]
+        rows = await self._rows("mark_cleanups_done", params)
+        return [None if busy else bool(done) for done, busy in rows]
 
     async def record_attempt(
         self, attachment_id: UUID, error: str, *, max_attempts: int, permanent: bool = False
@@ -189,3 +240,24 @@ class CleanupRepository:
     ) -> None:
         """Hard-delete the row; ``receipt`` (the store was deleted) in the same statement."""
         await self._rows("delete_vector_store_row", {"id": row_id, **self._receipt_params(receipt)})
+
+
+# Receipt fields and the array parameters of mark_cleanups_done that carry them.
+_RECEIPT_COLUMNS = {
+    "object_id": "object_ids",
+    "tenant_id": "tenant_ids",
+    "chat_id": "chat_ids",
+    "backend": "backends",
+    "route": "routes",
+    "http_status": "http_statuses",
+    "outcome": "outcomes",
+    "request_id": "request_ids",
+}
+
+
+def _taken(row: Sequence[Any]) -> TakenAttachment:
+    tenant_id, chat_id, backend, file_id, status, deleted, taken, chat_deleted, shared = row
+    stored = None
+    if tenant_id is not None:
+        stored = StoredAttachment(tenant_id, chat_id, backend, file_id, bool(deleted))
+    return TakenAttachment(stored, status, bool(taken), bool(chat_deleted), bool(shared))
