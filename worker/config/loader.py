@@ -111,7 +111,8 @@ def _fail(message: str) -> ConfigError:
 
 class _Loader:
     """Phase 1 merges every source into one raw tree with canonical keys, remembering where
-    each key came from; phase 2 builds the dataclasses; phase 3 checks cross-key rules."""
+    each key came from; phase 2 builds the dataclasses; phase 3 checks cross-key and route
+    rules."""
 
     def __init__(self) -> None:
         self.tree: dict[str, Any] = {}
