@@ -43,7 +43,6 @@ from worker.errors import (
 )
 from worker.observability.logging import configure_logging
 from worker.outbox import dead_letters as dl
-from worker.producer import Queues
 from worker.runtime.checks import check_config
 from worker.runtime.migrate import migrate as apply_migrations
 from worker.runtime.repair import retry_failed as run_retry_failed
@@ -79,11 +78,6 @@ class Globals:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-def _queues(config: Config) -> Queues:
-    a, c = config.outbox.attachment_queue, config.outbox.chat_queue
-    return Queues(a.name, a.partitions, c.name, c.partitions)
 
 
 def _queue_names(config: Config) -> list[str]:
@@ -195,7 +189,7 @@ def migrate(g: Globals, with_app_schema: bool, skip_app_indexes: bool) -> None:
             with translate_errors(), missing_privilege_is_config(key, hint):
                 report = await apply_migrations(
                     conn,
-                    queues=[config.outbox.attachment_queue, config.outbox.chat_queue],
+                    queues=config.outbox.queue_configs,
                     with_app_schema=with_app_schema,
                     build_app_indexes=not skip_app_indexes,
                 )
@@ -530,7 +524,7 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
     async def go() -> None:
         async with await connect(config.database.dsn) as conn:
             with translate_errors():
-                report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
+                report = await run_retry_failed(conn, config.outbox.queues, chat_id=chat_id)
         click.echo(render.repair_report(report))
 
     _run(go())
@@ -677,7 +671,7 @@ def reconcile_cmd(
             progress = render.ReconcileProgress(enabled=not as_json and sys.stderr.isatty())
             with progress:
                 report = await reconcile(
-                    app.pool, app.gateway, _queues(config), options, progress=progress.update
+                    app.pool, app.gateway, config.outbox.queues, options, progress=progress.update
                 )
         if as_json:
             _emit_json(report.as_json())

@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from worker.config import Queues as Queues  # the pair producers enqueue to, defined by the config
 from worker.db import Conn
 from worker.db.queries import q
 from worker.errors import AttachmentLocked, Forbidden, NotFound
 from worker.outbox.enqueue import enqueue
 from worker.outbox.queues import partition_for
-
-
-@dataclass(frozen=True)
-class Queues:
-    """Where the two flows enqueue, and how many partitions each queue has."""
-
-    attachment_queue: str
-    attachment_partitions: int
-    chat_queue: str
-    chat_partitions: int
 
 
 def _now() -> str:

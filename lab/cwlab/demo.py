@@ -30,6 +30,7 @@ from worker.config import (
     CircuitBreakerConfig,
     Config,
     ProvidersConfig,
+    Queues,
     RetryConfig,
     TenantOverride,
     redact,
@@ -38,7 +39,7 @@ from worker.db import Conn
 from worker.db.pool import connect, connection_kwargs
 from worker.errors import UsageError
 from worker.outbox.enqueue import enqueue
-from worker.producer import Queues, delete_attachment, delete_chat
+from worker.producer import delete_attachment, delete_chat
 from worker.runtime.app import open_app
 from worker.runtime.drain import Progress, drain
 from worker.runtime.migrate import migrate
@@ -388,17 +389,10 @@ async def run_demo(
     tenants = demo_tenants(rng)
     config = demo_config(base, fake, tenants, dsn)
     outbox = config.outbox
-    queues = Queues(
-        outbox.attachment_queue.name,
-        outbox.attachment_queue.partitions,
-        outbox.chat_queue.name,
-        outbox.chat_queue.partitions,
-    )
+    queues = outbox.queues
     note(f"demo: seeding {options.chats} chats for {len(tenants)} tenants ...")
     async with await connect(dsn) as conn:
-        await migrate(
-            conn, queues=[outbox.attachment_queue, outbox.chat_queue], with_app_schema=True
-        )
+        await migrate(conn, queues=outbox.queue_configs, with_app_schema=True)
         world = await seed_world(
             conn, fake, queues, tenants, chats=options.chats, fault_rate=options.fault_rate, rng=rng
         )

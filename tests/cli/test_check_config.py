@@ -73,6 +73,28 @@ def test_unreadable_and_readable_key_files(
     assert_secret_free(result.stdout, result.stderr)
 
 
+def test_a_key_file_that_is_not_text_fails_its_line_not_the_command(
+    tmp_path: Path, fake: FakeOpenAI, env: dict[str, str | None]
+) -> None:
+    """Registering the keys with the log redactor read files on its own and let a decode
+    error escape: every command died with a traceback before printing anything. Keys are now
+    read in one place (``KeySource``), which reports such a file as unreadable."""
+    binary = tmp_path / "binary-key"
+    binary.write_bytes(b"\xff\xfe\x00k")
+    config = make_config(fake)
+    backend = config["providers"]["backends"]["openai"]
+    del backend["api_key_env"]
+    backend["api_key_file"] = str(binary)
+    path = write_config(tmp_path / "config.yaml", config)
+    result = invoke(["--config", str(path), "check-config"], env)
+    assert result.code == 2, result
+    fails = [line for line in _lines(result.stdout) if line.startswith("FAIL")]
+    assert fails == [
+        f"FAIL  providers.backends.openai.api_key_file: {binary} is missing, unreadable or empty"
+    ]
+    assert "Traceback" not in result.stderr
+
+
 def test_tenant_override_keys_are_checked(
     tmp_path: Path, fake: FakeOpenAI, env: dict[str, str | None]
 ) -> None:

@@ -7,14 +7,11 @@ never printed, only where they come from.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from worker.config import BackendConfig, Config, TenantOverride, redact
+from worker.config import BackendConfig, Config, KeyUnavailable, TenantOverride, redact
 from worker.db.pool import connect, translate_errors
-from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
-from worker.providers.routing import Router
+from worker.errors import CleanupWorkerError, DatabaseUnavailable
 from worker.runtime.migrate import IndexState, index_states, pending_migrations
 from worker.runtime.status import SuspectedRoute, read_suspected_routes
 
@@ -38,17 +35,12 @@ class CheckReport:
 async def check_config(config: Config, *, environ: dict[str, str]) -> CheckReport:
     report = CheckReport()
     report.add(True, "configuration: valid")
-    try:
-        Router(config.providers)
-    except ConfigError as exc:
-        report.add(False, str(exc))
     await _check_database(config, report)
     for label, backend in config.providers.backends.items():
         _check_key(report, f"providers.backends.{label}", backend, environ)
     for tenant, overrides in config.providers.tenants.items():
         for label, override in overrides.items():
-            if override.api_key_env or override.api_key_file:
-                _check_key(report, f"providers.tenants.{tenant}.{label}", override, environ)
+            _check_key(report, f"providers.tenants.{tenant}.{label}", override, environ)
     if not config.providers.backends:
         report.add(False, "providers.backends: none configured: nothing could be deleted")
     return report
@@ -104,20 +96,20 @@ def _check_indexes(report: CheckReport, states: list[IndexState]) -> None:
 
 
 def _check_key(
-    report: CheckReport, path: str, source: BackendConfig | TenantOverride, environ: dict[str, str]
+    report: CheckReport, path: str, entry: BackendConfig | TenantOverride, environ: dict[str, str]
 ) -> None:
-    if source.api_key_env:
-        present = bool(environ.get(source.api_key_env, "").strip())
-        report.add(
-            present,
-            f"{path}.api_key_env: {source.api_key_env} "
-            + ("is set" if present else "is not set or empty"),
-        )
-    elif source.api_key_file:
-        file = Path(source.api_key_file)
-        readable = file.is_file() and os.access(file, os.R_OK) and bool(file.read_text().strip())
-        report.add(
-            readable,
-            f"{path}.api_key_file: {file} "
-            + ("is readable" if readable else "is missing, unreadable or empty"),
-        )
+    source = entry.key_source
+    if source is None:
+        return
+    try:
+        source.text(environ)
+    except KeyUnavailable:
+        readable = False
+    else:
+        readable = True
+    if source.env is not None:
+        state = "is set" if readable else "is not set or empty"
+        report.add(readable, f"{path}.api_key_env: {source.env} {state}")
+    else:
+        state = "is readable" if readable else "is missing, unreadable or empty"
+        report.add(readable, f"{path}.api_key_file: {source.file} {state}")

@@ -149,7 +149,7 @@ class Daemon:
         config, engine = self.app.config, self.app.engine
         poll = config.outbox.poll_interval_seconds
         loops: list[tuple[str, Step, float]] = []
-        for queue in (config.outbox.attachment_queue, config.outbox.chat_queue):
+        for queue in config.outbox.queue_configs:
             for lane in range(queue.partitions):
                 loops.append((f"lane:{queue.name}:{lane}", self._lane(queue.name), poll))
         loops.append(("retrier", self._retrier, poll))

@@ -174,7 +174,7 @@ async def _one_round(app: App, queues: Sequence[str]) -> RoundReport:
     await engine.sequence()
     total = RoundReport()
     outbox = app.config.outbox
-    partitions = {q.name: q.partitions for q in (outbox.attachment_queue, outbox.chat_queue)}
+    partitions = {q.name: q.partitions for q in outbox.queue_configs}
     reports = await asyncio.gather(
         *(_partitions_round(app, queue, partitions[queue]) for queue in queues),
         engine.process_retries(limit=outbox.batch_size, queues=queues),

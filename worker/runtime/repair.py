@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from worker.config import Queues
 from worker.db import Conn
 from worker.db.pool import translate_errors
 from worker.db.queries import q
@@ -33,7 +34,7 @@ from worker.handlers.payloads import (
     parse_chat_soft_deleted,
 )
 from worker.outbox import dead_letters as dl
-from worker.producer import Queues, enqueue_attachment_cleanup, enqueue_chat_cleanup
+from worker.producer import enqueue_attachment_cleanup, enqueue_chat_cleanup
 from worker.runtime.app import App
 
 
@@ -107,16 +108,9 @@ async def resolve_finished_dead_letters_of(app: App) -> int:
     """``resolve_finished_dead_letters`` for a running app: a drain pass ends with it and the
     daemon's vacuum loop runs it, so ChatDeadLetters stops firing for a chat another message
     (or an earlier repair) fully cleaned, without anyone running a command."""
-    outbox = app.config.outbox
-    queues = Queues(
-        outbox.attachment_queue.name,
-        outbox.attachment_queue.partitions,
-        outbox.chat_queue.name,
-        outbox.chat_queue.partitions,
-    )
     with translate_errors():
         async with app.pool.connection() as conn:
-            return await resolve_finished_dead_letters(conn, queues)
+            return await resolve_finished_dead_letters(conn, app.config.outbox.queues)
 
 
 async def triage_dead_letters(

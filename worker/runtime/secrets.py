@@ -9,11 +9,10 @@ CLI can call it without importing the provider SDK.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import psycopg
 
-from worker.config import BackendConfig, Config, TenantOverride
+from worker.config import Config, KeyUnavailable
 from worker.observability.logging import register_secret
 
 
@@ -23,16 +22,10 @@ def register_secrets(config: Config, environ: dict[str, str]) -> None:
         password = _password(dsn) if dsn else None
         if password:
             register_secret(password)
-    tenants = config.providers.tenants.values()
-    sources: list[BackendConfig | TenantOverride] = [*config.providers.backends.values()]
-    sources += [override for per_tenant in tenants for override in per_tenant.values()]
-    for source in sources:
-        if source.api_key_env and environ.get(source.api_key_env):
-            register_secret(environ[source.api_key_env].strip())
-        if source.api_key_file:
-            # An unreadable file is reported by check-config and by the provider layer.
-            with contextlib.suppress(OSError):
-                register_secret(Path(source.api_key_file).read_text().strip())
+    for source in config.providers.key_sources():
+        # An unreadable or empty source is reported by check-config and by the provider layer.
+        with contextlib.suppress(KeyUnavailable):
+            register_secret(source.text(environ))
 
 
 def _password(dsn: str) -> str | None:
