@@ -9,7 +9,8 @@ that holds them, resolved by the provider layer when a client is built.
 overrides (levels split by ``__``, key names case-insensitive, values parsed as YAML scalars),
 env ``CLEANUP_WORKER_DSN``, then the ``dsn`` argument (``--dsn``). Every problem is one
 ``ConfigError`` line naming the key path and where the value came from; values of secret-ish
-keys are never echoed and DSNs are shown through ``redact``. Ranges: ``config.example.yaml``.
+keys are never echoed and DSNs are shown through ``redact_passwords``. Ranges:
+``config.example.yaml``.
 
 Over 400 lines because it holds both the tree and a hand-written validating loader (types,
 ranges, key paths, sources, did-you-mean); weighing a validation library against it is the
@@ -211,7 +212,7 @@ _KV_PASSWORD = re.compile(
 )
 
 
-def redact(text: str) -> str:
+def redact_passwords(text: str) -> str:
     """Replace passwords in DSNs, URLs and conninfo strings found in ``text`` with ``***``."""
     return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
@@ -384,7 +385,7 @@ def _describe(tp: Any) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, bool | dict | list) or value is None:
         return _YAML_WORDS.get(repr(value), f"a {type(value).__name__}")
-    text = redact(value if isinstance(value, str) else repr(value))
+    text = redact_passwords(value if isinstance(value, str) else repr(value))
     text = text if len(text) <= 80 else text[:77] + "..."
     return repr(text) if isinstance(value, str) else text
 
@@ -615,7 +616,7 @@ def _dsn_problem(dsn: str) -> str | None:
         password = _URL_USERINFO_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
         if password and password.group(2):
             reason = reason.replace(password.group(2), "***")
-        return redact(reason)
+        return redact_passwords(reason)
     return None
 
 

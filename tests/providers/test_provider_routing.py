@@ -26,7 +26,7 @@ from providers.support import (
 from worker.config import BackendConfig, ProvidersConfig, TenantOverride
 from worker.errors import ConfigError
 from worker.models import RetryReason
-from worker.providers import Deleted, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, Transient
 from worker.providers.gateway import ProviderGateway
 
 AZURE_VERSION_A = "2024-10-01-preview"
@@ -208,7 +208,9 @@ async def test_rotated_key_file_is_used_after_an_auth_failure(
     make_gateway: MakeGateway, key_file_a: Path
 ) -> None:
     upstream = script(api_error(401), deleted())
-    gateway = make_gateway(three_tenants(key_file_a), upstream, retry=RetryPolicy(max_attempts=1))
+    gateway = make_gateway(
+        three_tenants(key_file_a), upstream, retry=CallRetryPolicy(max_attempts=1)
+    )
 
     first = await gateway.delete_file(TENANT_A, "azure", "f")
     await asyncio.to_thread(key_file_a.write_text, "az-rotated\n")
@@ -248,7 +250,7 @@ async def test_secret_never_leaks(
     config.tenants[str(TENANT_D)] = {"azure": TenantOverride(api_key_file=str(secret_file))}
     answers = [api_error(s) for s in (400, 401, 403, 404, 409, 422, 429, 500)]
     upstream = script(*answers, deleted())
-    gateway = make_gateway(config, upstream, retry=RetryPolicy(max_attempts=1))
+    gateway = make_gateway(config, upstream, retry=CallRetryPolicy(max_attempts=1))
 
     texts = [repr(gateway)]
     for tenant in (TENANT_A, TENANT_B, TENANT_C, TENANT_D):

@@ -50,8 +50,12 @@ class Handled:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; a provider's Retry-After is a lower bound."""
+class RedeliveryPolicy:
+    """When a retried message is delivered again, and how often before it is dead-lettered.
+
+    Exponential backoff with jitter; a provider's Retry-After is a lower bound. Not the
+    provider layer's ``CallRetryPolicy``, which retries within one call.
+    """
 
     base_seconds: float
     max_seconds: float
@@ -77,7 +81,7 @@ class Settled:
     delay_seconds: float
 
 
-def settle(handled: Handled, policy: RetryPolicy, rng: random.Random) -> Settled:
+def settle(handled: Handled, policy: RedeliveryPolicy, rng: random.Random) -> Settled:
     """Decide what to write for an outcome; a Retry past max_deliveries becomes a dead letter."""
     outcome = handled.outcome
     delivery = handled.envelope.message.delivery
@@ -86,7 +90,7 @@ def settle(handled: Handled, policy: RetryPolicy, rng: random.Random) -> Settled
             return Settled(handled, "ok", "", "", 0.0)
         case Reject(reason=reason):
             return Settled(handled, "reject", "reject", reason, 0.0)
-        case Retry(reason=reason, detail=detail, not_before_seconds=hint):
+        case Retry(reason=reason, detail=detail, retry_after_seconds=hint):
             error = f"{reason.value}: {detail}" if detail else reason.value
             if reason is RetryReason.DEFERRED:
                 # Not a failure: parked until the tenant's fair turn (exactly that long, no

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker.config import OutboxConfig
 from worker.models import Handler
 from worker.outbox import processor, retrier
-from worker.outbox.delivery import Envelope, Handled, RetryPolicy, Runner, Settled, settle
+from worker.outbox.delivery import Envelope, Handled, RedeliveryPolicy, Runner, Settled, settle
 from worker.outbox.isolation import run_alone
 from worker.outbox.leases import heartbeat
 from worker.outbox.maintenance import sequence_queues, vacuum
@@ -36,7 +36,7 @@ class EngineSettings:
     batch_size: int
     lease_seconds: float
     concurrency: int
-    retry: RetryPolicy
+    retry: RedeliveryPolicy
     handler_budget_seconds: float
     max_handler_crashes: int = 3  # process deaths while handled alone before a dead letter
 
@@ -46,7 +46,7 @@ class EngineSettings:
             batch_size=outbox.batch_size,
             lease_seconds=outbox.lease_seconds,
             concurrency=outbox.concurrency,
-            retry=RetryPolicy(
+            retry=RedeliveryPolicy(
                 outbox.retry.base_seconds, outbox.retry.max_seconds, outbox.retry.max_deliveries
             ),
             # The heartbeat keeps the lease while a handler runs; this bounds a hung one.

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.config import BackendConfig, Config, TenantOverride, redact
+from worker.config import BackendConfig, Config, TenantOverride, redact_passwords
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, ConfigError, DatabaseUnavailable
 from worker.providers.routing import Router
@@ -55,7 +55,7 @@ async def check_config(config: Config, *, environ: dict[str, str]) -> CheckRepor
 
 
 async def _check_database(config: Config, report: CheckReport) -> None:
-    where = redact(config.database.dsn)
+    where = redact_passwords(config.database.dsn)
     suspected: list[SuspectedRoute] = []
     try:
         conn = await connect(config.database.dsn, timeout_seconds=5)
