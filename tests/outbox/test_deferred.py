@@ -43,7 +43,7 @@ async def test_a_deferred_message_is_parked_for_its_turn_without_spending_a_deli
     assert parked["due_in"] == pytest.approx(7.5, abs=0.3)  # exactly its turn: no backoff
     assert parked["reason"] == "deferred"
     assert parked["deliveries"] == 1
-    assert [s.kind for s in report.settled] == ["retry"]
+    assert [type(s.verdict) for s in report.settled] == [Retry]
 
     for _ in range(2):
         await make_retries_due(conn)
