@@ -15,7 +15,7 @@ from worker.config import (
     ProvidersConfig,
     TenantOverride,
     load_config,
-    redact,
+    redact_passwords,
 )
 from worker.errors import ConfigError
 
@@ -700,7 +700,7 @@ def test_secret_dsn_accepted_and_kept_verbatim() -> None:
     assert load_config(None, environ={}, dsn=SECRET_DSN).database.dsn == SECRET_DSN
 
 
-# ----------------------------------------------------------------------------------------- redact
+# ------------------------------------------------------------------------------- redact_passwords
 
 
 @pytest.mark.parametrize(
@@ -731,5 +731,5 @@ def test_secret_dsn_accepted_and_kept_verbatim() -> None:
     ],
 )
 def test_redact(text: str, expected: str) -> None:
-    assert redact(text) == expected
-    assert SECRET not in redact(text)
+    assert redact_passwords(text) == expected
+    assert SECRET not in redact_passwords(text)

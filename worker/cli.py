@@ -25,7 +25,7 @@ from uuid import UUID
 import click
 
 from worker import __version__, render
-from worker.config import LOG_LEVELS, Config, load_config, redact
+from worker.config import LOG_LEVELS, Config, load_config, redact_passwords
 from worker.db import Conn
 from worker.db.pool import (
     connect,
@@ -826,13 +826,13 @@ def demo(
             except ProvisioningError as exc:
                 raise click.ClickException(str(exc)) from None  # one line, exit 1
         fake = stack.enter_context(FakeOpenAI(api_keys=lab.DEMO_API_KEYS))
-        progress.note(f"demo: PostgreSQL at {redact(dsn)}, provider at {fake.url}")
+        progress.note(f"demo: PostgreSQL at {redact_passwords(dsn)}, provider at {fake.url}")
         summary = _run(
             lab.run_demo(
                 base, options, dsn=dsn, fake=fake, progress=progress.update, note=progress.note
             )
         )
-    shown = redact(dsn)
+    shown = redact_passwords(dsn)
     if as_json:
         _emit_json(lab_summary.as_json(summary, dsn=shown, keep=keep, stop_hint=stop_hint))
     else:

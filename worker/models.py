@@ -55,11 +55,16 @@ class Ok:
 
 @dataclass(frozen=True)
 class Retry:
-    """Try again later; ``not_before_seconds`` is a lower bound from the provider (Retry-After)."""
+    """Try again later; not sooner than ``retry_after_seconds`` from now, when given.
+
+    A delay from now, like HTTP's Retry-After, and named so in every layer (``Transient``,
+    ``RouteBusy``, ``RouteDeferred``); a parked retry's ``not_before`` column is the time it
+    becomes.
+    """
 
     reason: RetryReason
     detail: str = ""
-    not_before_seconds: float | None = None
+    retry_after_seconds: float | None = None
 
 
 @dataclass(frozen=True)

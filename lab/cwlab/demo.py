@@ -33,7 +33,7 @@ from worker.config import (
     Queues,
     RetryConfig,
     TenantOverride,
-    redact,
+    redact_passwords,
 )
 from worker.db import Conn
 from worker.db.pool import connect, connection_kwargs
@@ -83,8 +83,9 @@ async def refuse_unless_empty(dsn: str) -> None:
     count, example = row if row else (0, None)
     if count:
         raise UsageError(
-            f"demo: refusing to seed {redact(dsn)}: it is not empty ({count} relation(s), e.g. "
-            f"{example}); give --dsn a new empty database, or leave --dsn out for a throwaway one"
+            f"demo: refusing to seed {redact_passwords(dsn)}: it is not empty ({count}"
+            f" relation(s), e.g. {example}); give --dsn a new empty database, or leave --dsn out"
+            " for a throwaway one"
         )
 
 

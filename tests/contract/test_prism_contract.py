@@ -20,12 +20,12 @@ import pytest
 from contract.conftest import LIVE_FILE_ID, LIVE_VECTOR_STORE_ID
 from worker.config import BackendConfig, ProvidersConfig
 from worker.models import RetryReason
-from worker.providers import Deleted, DeleteResult, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, DeleteResult, Transient
 from worker.providers.gateway import ProviderGateway
 
 TENANT = UUID("eeeeeeee-0000-4000-8000-00000000000e")
 KEYS = {"OPENAI_KEY": "sk-contract", "AZURE_KEY": "az-contract"}
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 LABELS = ("openai", "azure")
 
 

@@ -197,4 +197,4 @@ async def test_a_chat_with_a_failed_and_a_deferred_file_spends_a_delivery(
     assert first.reason is RetryReason.SERVER_ERROR
     assert isinstance(second, Retry)
     assert second.reason is RetryReason.DEFERRED
-    assert second.not_before_seconds == 0.5
+    assert second.retry_after_seconds == 0.5

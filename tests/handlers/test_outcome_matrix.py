@@ -141,7 +141,7 @@ async def test_attachment_path(stack: Stack, case: Case) -> None:
     elif case.end == "retry":
         retry = retry_of(outcome)
         assert retry.reason.value == case.outcome
-        assert retry.not_before_seconds == case.retry_after
+        assert retry.retry_after_seconds == case.retry_after
         _check_retry_row(retries, AQ, case)
         assert dead == []
     else:
@@ -172,7 +172,7 @@ async def test_chat_path(stack: Stack, case: Case) -> None:
     if case.end == "retry":
         retry = retry_of(outcome)
         assert retry.reason.value == case.outcome
-        assert retry.not_before_seconds == case.retry_after
+        assert retry.retry_after_seconds == case.retry_after
         _check_retry_row(retries, CQ, case)
     else:  # done, or failed: every attachment is terminal, so the chat message is finished
         assert outcome == Ok()

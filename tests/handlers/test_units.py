@@ -114,7 +114,7 @@ async def test_chat_retry_carries_the_longest_retry_after(
 
     assert isinstance(outcome, Retry)
     assert outcome.reason is RetryReason.RATE_LIMITED
-    assert outcome.not_before_seconds == 40.0
+    assert outcome.retry_after_seconds == 40.0
     assert "2 attachment(s) still pending" in outcome.detail
 
 

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from worker.observability.logging import (
     configure_logging,
-    redact,
     redact_event,
+    redact_secrets,
     register_secret,
 )
 
@@ -110,14 +110,14 @@ def test_reconfiguring_does_not_duplicate_lines() -> None:
     ],
 )
 def test_secret_shapes_are_redacted_in_text(text: str) -> None:
-    redacted = redact(text)
+    redacted = redact_secrets(text)
     assert_clean(redacted)
     assert "***" in redacted
 
 
 def test_ordinary_text_is_left_alone() -> None:
     text = "deleted 3 files; max_tokens: 5; token bucket refilled; chat 1f0e-aa done"
-    assert redact(text) == text
+    assert redact_secrets(text) == text
 
 
 def test_event_values_nested_dicts_and_key_names_are_redacted() -> None:

@@ -1,4 +1,4 @@
-"""The literal pre-filter in ``redact`` only skips work: it never changes what is masked."""
+"""The literal pre-filter in ``redact_secrets`` only skips work: it never changes what is masked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.observability import logging as log_module
-from worker.observability.logging import redact, register_secret
+from worker.observability.logging import redact_secrets, register_secret
 
 VALUE = "V4lue-0f-cred"
 # Registered secrets: one with no pre-filter literal (must be masked all the same), one with a
@@ -54,15 +54,15 @@ TEXTS = st.lists(
 
 
 def unfiltered_redact(text: str) -> str:
-    """``redact`` with the pre-filter disabled: every pattern runs on every text."""
+    """``redact_secrets`` with the pre-filter disabled: every pattern runs on every text."""
     with mock.patch.object(log_module, "_MAY_HOLD_CREDENTIAL", re.compile("")):
-        return redact(text)
+        return redact_secrets(text)
 
 
 def assert_prefilter_changes_nothing(text: str) -> None:
     register_secret(PLAIN_SECRET)
     register_secret(LITERAL_SECRET)
-    assert redact(text) == unfiltered_redact(text)
+    assert redact_secrets(text) == unfiltered_redact(text)
     # Stronger than equal output (a value already "***" is unchanged): every match of the
     # module's patterns holds a pre-filter literal itself.
     for pattern, _ in log_module._PATTERNS:
@@ -107,7 +107,7 @@ def test_prefilter_output_equals_running_every_pattern_on_one_shape(text: str) -
     ],
 )
 def test_each_kind_of_credential_is_still_masked(text: str) -> None:
-    redacted = redact(text)
+    redacted = redact_secrets(text)
     assert VALUE not in redacted
     assert "***" in redacted
 
@@ -115,12 +115,12 @@ def test_each_kind_of_credential_is_still_masked(text: str) -> None:
 def test_registered_secrets_are_masked_in_text_without_any_literal() -> None:
     register_secret(PLAIN_SECRET)
     assert not log_module._MAY_HOLD_CREDENTIAL.search(f"queue q1 {PLAIN_SECRET}")
-    assert redact(f"queue q1 {PLAIN_SECRET} done") == "queue q1 *** done"
+    assert redact_secrets(f"queue q1 {PLAIN_SECRET} done") == "queue q1 *** done"
     quoted = "pa" + "ss%2Fw%40rd-7731"  # URL-encoded form, as inside a DSN
     register_secret("pa" + "ss/w@rd-7731")
-    assert redact(f"dsn host=db {quoted}") == "dsn host=db ***"
+    assert redact_secrets(f"dsn host=db {quoted}") == "dsn host=db ***"
 
 
 def test_ordinary_values_pass_unchanged() -> None:
     for text in ("message_handled", "openai_file_cleanup", "ok", "file-AbC123", "2025-01-01"):
-        assert redact(text) == text
+        assert redact_secrets(text) == text

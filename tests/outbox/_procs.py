@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.pool import connection_kwargs
 from worker.models import Message, Ok
-from worker.outbox.delivery import RetryPolicy
+from worker.outbox.delivery import RedeliveryPolicy
 from worker.outbox.engine import Engine, EngineSettings
 from worker.outbox.maintenance import sequence_queues
 
@@ -93,7 +93,7 @@ async def drain(dsn: str, peers: int, expected: int, lease_seconds: float, batch
             batch_size=batch,
             lease_seconds=lease_seconds,
             concurrency=8,
-            retry=RetryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
+            retry=RedeliveryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
             handler_budget_seconds=lease_seconds,
         )
         engine = Engine(pool, dict.fromkeys(QUEUES, handler), settings)
@@ -137,7 +137,7 @@ async def poison(dsn: str, max_crashes: int) -> None:
             batch_size=100,
             lease_seconds=30.0,
             concurrency=8,
-            retry=RetryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
+            retry=RedeliveryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
             handler_budget_seconds=30.0,
             max_handler_crashes=max_crashes,
         )

@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from worker.db import Conn
 from worker.models import Message, Ok, Outcome
-from worker.outbox.delivery import RetryPolicy
+from worker.outbox.delivery import RedeliveryPolicy
 from worker.outbox.engine import Engine, EngineSettings, RoundReport
 from worker.outbox.enqueue import enqueue
 
@@ -27,7 +27,7 @@ def settings(**overrides: Any) -> EngineSettings:
         batch_size=100,
         lease_seconds=5.0,
         concurrency=16,
-        retry=RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=5),
+        retry=RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=5),
         handler_budget_seconds=5.0,
     )
     return replace(base, **overrides)

@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db import Conn
 from worker.models import Message, Ok, Outcome, Retry, RetryReason
-from worker.outbox.delivery import RetryPolicy
+from worker.outbox.delivery import RedeliveryPolicy
 
 from .helpers import (
     AQ,
@@ -43,7 +43,7 @@ async def test_a_deferred_message_is_parked_for_its_turn_without_spending_a_deli
     assert parked["due_in"] == pytest.approx(7.5, abs=0.3)  # exactly its turn: no backoff
     assert parked["reason"] == "deferred"
     assert parked["deliveries"] == 1
-    assert [s.kind for s in report.settled] == ["retry"]
+    assert [type(s.verdict) for s in report.settled] == [Retry]
 
     for _ in range(2):
         await make_retries_due(conn)
@@ -58,7 +58,7 @@ async def test_deferral_never_dead_letters_and_a_real_retry_still_counts(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
     await enqueue_many(conn, AQ, 1, range(1))
-    retry = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=2)
+    retry = RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=2)
 
     def decide(message: Message) -> Retry:
         if len(handler.seen) in (2, 4):  # a real failure between deferrals

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from worker.models import Message, Retry, RetryReason
 from worker.outbox import processor, retrier
+from worker.outbox.capacity import Capacity
 from worker.outbox.delivery import Runner
 from worker.outbox.isolation import run_alone
 
@@ -97,7 +98,7 @@ async def test_a_suspect_message_is_not_handled_while_its_start_cannot_be_record
     [lease] = await processor.lease_partitions(pool, AQ, worker_id="W", lease_seconds=30, limit=1)
     [envelope] = await processor.read_batch(pool, lease, limit=10)
     handler = Recorder()
-    runner = Runner({AQ: handler}, concurrency=4, budget_seconds=5.0)
+    runner = Runner({AQ: handler}, Capacity(4), budget_seconds=5.0)
     unreachable = "postgresql://nobody@/cw?host=/nonexistent/cleanup-worker-sock&port=5432"
     async with AsyncConnectionPool(
         unreachable, min_size=0, max_size=1, timeout=0.5, open=False

@@ -13,7 +13,7 @@ import random
 from worker.db.queries import q
 from worker.models import Ok, Reject, Retry, RetryReason
 from worker.outbox import processor, retrier
-from worker.outbox.delivery import Handled, RetryPolicy, Settled, outcome_params, settle
+from worker.outbox.delivery import Handled, RedeliveryPolicy, Settled, outcome_params, settle
 
 from .helpers import (
     AQ,
@@ -27,7 +27,7 @@ from .helpers import (
     retry_rows,
 )
 
-POLICY = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=5)
+POLICY = RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=5)
 
 
 def _settled(envelopes, decide) -> list[Settled]:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from worker.models import Message, Ok, Reject, Retry, RetryReason
-from worker.outbox.delivery import RetryPolicy
+from worker.outbox.delivery import RedeliveryPolicy
 
 from .helpers import (
     AQ,
@@ -33,7 +33,7 @@ def _always_retry(hint: float | None = None):
 
 
 def test_policy_grows_exponentially_with_jitter_and_respects_cap_and_hint():
-    policy = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=10, jitter=0.2)
+    policy = RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=10, jitter=0.2)
     rng = random.Random(1)
     for delivery, nominal in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (9, 8.0)]:
         samples = [policy.delay_seconds(delivery, None, rng) for _ in range(200)]
@@ -49,7 +49,7 @@ def test_policy_grows_exponentially_with_jitter_and_respects_cap_and_hint():
 
 async def test_backoff_grows_with_deliveries(pool, conn):
     await enqueue_many(conn, AQ, 0, range(1))
-    retry = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=10)
+    retry = RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=10)
     engine = make_engine(pool, {AQ: Recorder(_always_retry())}, seed=SEED, retry=retry)
     expected_rng = random.Random(SEED)
 
@@ -93,7 +93,7 @@ async def test_backoff_respects_a_not_before_hint(pool, conn):
 
 async def test_max_deliveries_dead_letters_with_the_last_error(pool, conn):
     await enqueue_many(conn, CQ, 2, range(1))
-    retry = RetryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=3)
+    retry = RedeliveryPolicy(base_seconds=1.0, max_seconds=8.0, max_deliveries=3)
     handler = Recorder(_always_retry())
     engine = make_engine(pool, {CQ: handler}, retry=retry)
     await drain(engine, CQ)

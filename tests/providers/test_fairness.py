@@ -99,7 +99,7 @@ async def test_deferring_a_tenant_keeps_the_route_busy_for_it_alone() -> None:
         try:
             await call(route, "only", grants, time)
         except RouteDeferred as exc:
-            deferred.append(exc.not_before_seconds)
+            deferred.append(exc.retry_after_seconds)
 
     await asyncio.gather(*(one() for _ in range(30)))
 
@@ -129,8 +129,8 @@ async def test_a_tenant_over_its_share_is_deferred_and_others_are_not() -> None:
     await asyncio.gather(*heavy, light)
 
     # Two tenants wait: heavy's share is 2/s, its next turns 0.5 s apart after its queue.
-    assert first.value.not_before_seconds == pytest.approx(1.5)
-    assert second.value.not_before_seconds == pytest.approx(2.0)
+    assert first.value.retry_after_seconds == pytest.approx(1.5)
+    assert second.value.retry_after_seconds == pytest.approx(2.0)
     assert "share" in first.value.detail
     assert [t for t, _ in grants][4:] == ["heavy", "light", "heavy"]
     assert route.waiting("heavy") == route.waiting("light") == 0
@@ -250,8 +250,8 @@ async def test_when_slots_are_the_limit_the_share_follows_what_the_slots_serve()
     await asyncio.gather(*holders)
 
     # Next turns after the 2 queued, half a second apart (2/s), not 1/100 s apart.
-    assert first.value.not_before_seconds == pytest.approx(1.5)
-    assert second.value.not_before_seconds - first.value.not_before_seconds == pytest.approx(0.5)
+    assert first.value.retry_after_seconds == pytest.approx(1.5)
+    assert second.value.retry_after_seconds - first.value.retry_after_seconds == pytest.approx(0.5)
 
 
 async def test_a_pause_set_while_a_turn_waits_for_its_token_holds_that_turn_back() -> None:

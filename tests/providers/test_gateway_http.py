@@ -19,8 +19,8 @@ from worker.config import BackendConfig, ProvidersConfig, TenantOverride
 from worker.models import RetryReason
 from worker.providers import (
     BreakerPolicy,
+    CallRetryPolicy,
     Deleted,
-    RetryPolicy,
     Transient,
 )
 from worker.providers.gateway import ProviderGateway
@@ -32,7 +32,7 @@ KEYS = {
     "C_KEY": "sk-c",
 }
 AZURE_VERSION = "2025-03-01-preview"
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ async def test_connection_reset(
 ) -> None:
     fake.add_file("f1")
     fake.inject(Fault(reset=True, times=1))
-    retrying = make(gateways, routing(fake), retry=RetryPolicy(first_wait_seconds=0.01))
+    retrying = make(gateways, routing(fake), retry=CallRetryPolicy(first_wait_seconds=0.01))
 
     assert await retrying.delete_file(tenant, label, "f1") == Deleted()
 
@@ -189,7 +189,7 @@ async def test_slow_upstream_times_out_and_retry_settles(
     fake.add_file("f1")
     fake.inject(Fault(delay_seconds=2.0, times=1))
     gateway = make(
-        gateways, routing(fake, timeout_seconds=0.5), retry=RetryPolicy(first_wait_seconds=0.1)
+        gateways, routing(fake, timeout_seconds=0.5), retry=CallRetryPolicy(first_wait_seconds=0.1)
     )
 
     started = time.monotonic()
@@ -206,7 +206,7 @@ async def test_a_timed_out_delete_that_happened_reads_as_deleted(
     gateway = make(
         gateways,
         routing(fake, timeout_seconds=0.5),
-        retry=RetryPolicy(first_wait_seconds=0.6, max_wait_seconds=1.0, budget_factor=4.0),
+        retry=CallRetryPolicy(first_wait_seconds=0.6, max_wait_seconds=1.0, budget_factor=4.0),
     )
 
     assert await gateway.delete_file(TENANT_B, "openai", "f1") == Deleted(not_found=True)
@@ -281,7 +281,7 @@ async def test_deleted_false_is_transient(
 ) -> None:
     fake.add_vector_store("vs")
     fake.inject(Fault(deleted_false=True))
-    gateway = make(gateways, routing(fake), retry=RetryPolicy(first_wait_seconds=0.01))
+    gateway = make(gateways, routing(fake), retry=CallRetryPolicy(first_wait_seconds=0.01))
 
     result = await gateway.delete_vector_store(TENANT_B, "azure", "vs")
 

@@ -17,12 +17,12 @@ from cwlab.fake_openai import FakeOpenAI
 from providers.support import TENANT_B, MakeGateway, providers_config, script
 from worker.config import BackendConfig, ProvidersConfig
 from worker.models import RetryReason
-from worker.providers import Deleted, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, Transient
 from worker.providers.classify import NOT_FOUND_BODIES, Target, recognised_not_found
 from worker.providers.gateway import ProviderGateway
 from worker.providers.results import ResourceKind
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 
 
 def _openai_error(message: str, param: str | None = None) -> dict[str, Any]:

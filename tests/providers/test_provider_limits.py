@@ -22,10 +22,10 @@ from providers.support import (
 )
 from worker.config import ProvidersConfig, TenantOverride
 from worker.models import RetryReason
-from worker.providers import BreakerPolicy, Deleted, RetryPolicy, Transient
+from worker.providers import BreakerPolicy, CallRetryPolicy, Deleted, Transient
 from worker.providers.limits import Admission, CircuitBreaker, TokenBucket
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 
 
 def with_tenant_c(*, max_concurrency: int = 16, timeout_seconds: float = 1.0) -> ProvidersConfig:

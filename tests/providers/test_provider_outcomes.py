@@ -22,10 +22,10 @@ from providers.support import (
     script,
 )
 from worker.models import RetryReason
-from worker.providers import Deleted, DeleteResult, Permanent, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, DeleteResult, Permanent, Transient
 from worker.providers.classify import parse_retry_after
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 WALL_NOW = 1_700_000_000.0
 
 
@@ -221,7 +221,7 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
 
 # -- in-call retries ------------------------------------------------------------------------
 
-FAST = RetryPolicy(first_wait_seconds=0.01)
+FAST = CallRetryPolicy(first_wait_seconds=0.01)
 
 
 async def test_503_then_200_is_deleted_after_two_requests(make_gateway: MakeGateway) -> None:
@@ -288,7 +288,7 @@ async def test_always_503_stops_within_the_budget(make_gateway: MakeGateway) -> 
         providers_config(timeout_seconds=0.5),
         upstream,
         observer=observer,
-        retry=RetryPolicy(max_attempts=50, first_wait_seconds=0.1, max_wait_seconds=0.2),
+        retry=CallRetryPolicy(max_attempts=50, first_wait_seconds=0.1, max_wait_seconds=0.2),
     )
 
     started = time.monotonic()

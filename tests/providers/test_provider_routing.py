@@ -25,7 +25,7 @@ from providers.support import (
 )
 from worker.config import BackendConfig, ProvidersConfig, TenantOverride
 from worker.models import RetryReason
-from worker.providers import Deleted, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, Transient
 
 AZURE_VERSION_A = "2024-10-01-preview"
 
@@ -206,7 +206,9 @@ async def test_rotated_key_file_is_used_after_an_auth_failure(
     make_gateway: MakeGateway, key_file_a: Path
 ) -> None:
     upstream = script(api_error(401), deleted())
-    gateway = make_gateway(three_tenants(key_file_a), upstream, retry=RetryPolicy(max_attempts=1))
+    gateway = make_gateway(
+        three_tenants(key_file_a), upstream, retry=CallRetryPolicy(max_attempts=1)
+    )
 
     first = await gateway.delete_file(TENANT_A, "azure", "f")
     await asyncio.to_thread(key_file_a.write_text, "az-rotated\n")
@@ -247,7 +249,7 @@ async def test_secret_never_leaks(
     config.tenants[str(TENANT_D)] = {"azure": TenantOverride(api_key_file=str(secret_file))}
     answers = [api_error(s) for s in (400, 401, 403, 404, 409, 422, 429, 500)]
     upstream = script(*answers, deleted())
-    gateway = make_gateway(config, upstream, retry=RetryPolicy(max_attempts=1))
+    gateway = make_gateway(config, upstream, retry=CallRetryPolicy(max_attempts=1))
 
     texts = [repr(gateway)]
     for tenant in (TENANT_A, TENANT_B, TENANT_C, TENANT_D):

@@ -16,11 +16,11 @@ from cwlab.fake_openai import FakeOpenAI
 from providers.support import TENANT_A, TENANT_B
 from worker.config import BackendConfig, ProvidersConfig, RouteSuspicionConfig, TenantOverride
 from worker.models import RetryReason
-from worker.providers import Deleted, RetryPolicy, Transient
+from worker.providers import CallRetryPolicy, Deleted, Transient
 from worker.providers.gateway import ProviderGateway
 from worker.providers.routing import Route
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = CallRetryPolicy(max_attempts=1)
 KEYS = {"RIGHT_KEY": "sk-project-a", "WRONG_KEY": "sk-project-b", "A_KEY": "sk-tenant-a"}
 PROJECTS = {"sk-project-a": "proj_a", "sk-project-b": "proj_b", "sk-tenant-a": "proj_a"}
 

@@ -29,7 +29,7 @@ from worker.handlers.payloads import (
     parse_chat_soft_deleted,
 )
 from worker.models import Message, Ok
-from worker.observability.logging import redact
+from worker.observability.logging import redact_secrets
 from worker.outbox import processor
 from worker.outbox.leases import heartbeat
 
@@ -163,16 +163,16 @@ def test_a_provider_file_id_that_is_not_valid_unicode_is_rejected() -> None:
 
 
 def test_redacting_a_long_token_takes_linear_time() -> None:
-    """``redact`` runs the first credential pattern (``[\\w-]*(?:authorization|api[-_]?key|…)``)
-    from every position of a run of word characters: quadratic. 8 000 characters take
-    seconds and 60 000 (a 64 KiB payload's worth) minutes, with the event loop blocked (no
-    heartbeats: leases expire). Any logged value with a long token hits it. Linear would be
-    about a millisecond here."""
+    """``redact_secrets`` runs the first credential pattern
+    (``[\\w-]*(?:authorization|api[-_]?key|…)``) from every position of a run of word
+    characters: quadratic. 8 000 characters take seconds and 60 000 (a 64 KiB payload's worth)
+    minutes, with the event loop blocked (no heartbeats: leases expire). Any logged value with a
+    long token hits it. Linear would be about a millisecond here."""
     text = "A" * 8_000
     started = time.perf_counter()
-    redact(text)
+    redact_secrets(text)
     took = time.perf_counter() - started
-    assert took < 0.5, f"redact() of an 8 000-character token took {took:.1f}s"
+    assert took < 0.5, f"redact_secrets() of an 8 000-character token took {took:.1f}s"
 
 
 # -- 6. attempts burnt by calls that were never sent --------------------------------------------
@@ -257,7 +257,7 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
     handled by another replica at the same time). A lease must be identified per
     acquisition (e.g. guard on ``attempts`` as leased, or a per-lease token in locked_by)."""
     from worker.models import Ok, Outcome
-    from worker.outbox.delivery import RetryPolicy
+    from worker.outbox.delivery import RedeliveryPolicy
     from worker.outbox.engine import Engine, EngineSettings
     from worker.outbox.enqueue import enqueue
 
@@ -280,7 +280,7 @@ async def test_a_stale_batch_cannot_ack_under_the_same_workers_newer_lease(
         batch_size=10,
         lease_seconds=30.0,  # the heartbeat (every 10 s) stays out of the way
         concurrency=8,
-        retry=RetryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
+        retry=RedeliveryPolicy(base_seconds=1.0, max_seconds=2.0, max_deliveries=5),
         handler_budget_seconds=30.0,
     )
     engine = Engine(pool, {queue: handler}, settings, worker_id=WORKER)

@@ -6,8 +6,8 @@ overrides (levels split by ``__``, key names case-insensitive, values parsed as 
 env ``CLEANUP_WORKER_DSN``, then the ``dsn`` argument (``--dsn``). Every problem is one
 ``ConfigError`` line naming the key path and where the value came from, with a did-you-mean for
 an unknown key; values of secret-ish keys are never echoed and DSNs are shown through
-``redact``. Ranges: ``config.example.yaml``. Every rule lives here; the provider layer trusts a
-loaded configuration.
+``redact_passwords``. Ranges: ``config.example.yaml``. Every rule lives here; the provider layer
+trusts a loaded configuration.
 
 One way down: ``loader`` (sources, merge, build, check) -> ``rules`` (what a value and a route
 must satisfy) -> ``tree`` (the dataclasses, the queue pair, the key sources); ``dsn`` (password
@@ -24,7 +24,7 @@ msgspec (one line, ``- at `$.outbox` ``) has no sources, no did-you-mean and no 
 either, so the loading would stay ours.
 """
 
-from worker.config.dsn import redact
+from worker.config.dsn import redact_passwords
 from worker.config.loader import ENV_CONFIG, ENV_DSN, ENV_PREFIX, load_config
 from worker.config.rules import AZURE_MIN_API_VERSION, azure_api_version_problem
 from worker.config.tree import (
@@ -81,5 +81,5 @@ __all__ = [
     "azure_api_version_problem",
     "is_azure_v1_url",
     "load_config",
-    "redact",
+    "redact_passwords",
 ]

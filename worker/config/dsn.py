@@ -18,7 +18,7 @@ _KV_PASSWORD = re.compile(
 )
 
 
-def redact(text: str) -> str:
+def redact_passwords(text: str) -> str:
     """Replace passwords in DSNs, URLs and conninfo strings found in ``text`` with ``***``."""
     return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
@@ -32,5 +32,5 @@ def dsn_problem(dsn: str) -> str | None:
         password = _URL_USERINFO_PASSWORD.search(dsn) or _KV_PASSWORD.search(dsn)
         if password and password.group(2):
             reason = reason.replace(password.group(2), "***")
-        return redact(reason)
+        return redact_passwords(reason)
     return None

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from worker.config.dsn import dsn_problem, redact
+from worker.config.dsn import dsn_problem, redact_passwords
 from worker.config.rules import (
     CROSS_KEY,
     DSN,
@@ -100,7 +100,7 @@ def _describe(tp: Any) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, bool | dict | list) or value is None:
         return _YAML_WORDS.get(repr(value), f"a {type(value).__name__}")
-    text = redact(value if isinstance(value, str) else repr(value))
+    text = redact_passwords(value if isinstance(value, str) else repr(value))
     text = text if len(text) <= 80 else text[:77] + "..."
     return repr(text) if isinstance(value, str) else text
 

@@ -12,7 +12,7 @@ from typing import Any, Self
 import psycopg
 import psycopg_pool
 
-from worker.config import redact
+from worker.config import redact_passwords
 from worker.db import Conn
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 
@@ -65,7 +65,7 @@ def translate_errors() -> Iterator[None]:
 
 def describe(exc: psycopg.Error) -> str:
     """The server's or libpq's reason in one line, with the SQLSTATE when there is one."""
-    text = redact(_first_line(exc))
+    text = redact_passwords(_first_line(exc))
     return f"{text} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else text
 
 
@@ -76,7 +76,7 @@ def missing_privilege_is_config(key: str, hint: str) -> Iterator[None]:
     try:
         yield
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise ConfigError(f"{key}: {redact(_first_line(exc))}; {hint}") from None
+        raise ConfigError(f"{key}: {redact_passwords(_first_line(exc))}; {hint}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -219,13 +219,13 @@ async def connect(dsn: str, *, timeout_seconds: float = 10.0, key: str = "databa
             )
     except psycopg.ProgrammingError as exc:  # libpq cannot parse it
         raise ConfigError(
-            f"{key}: not a usable PostgreSQL DSN: {redact(_first_line(exc))}"
+            f"{key}: not a usable PostgreSQL DSN: {redact_passwords(_first_line(exc))}"
         ) from None
     except DatabaseUnavailable as exc:
         cause = exc.__cause__
         if cause is None or not _MISCONFIGURED.search(str(cause)):
             raise
         raise ConfigError(
-            f"{key}: the database refused it ({redact(_first_line(cause))}); "
+            f"{key}: the database refused it ({redact_passwords(_first_line(cause))}); "
             "check the user, password and options (password not shown)"
         ) from None

@@ -14,21 +14,10 @@ import time
 
 import structlog
 
-from worker.handlers.files import (
-    FILE_KEPT,
-    CleanupContext,
-    Done,
-    Failed,
-    FileOutcome,
-    NotPending,
-    StillPending,
-    clean_file,
-    keep_file,
-)
+from worker.handlers.files import FILE_KEPT, CleanupContext, clean_file, keep_file
 from worker.handlers.payloads import AttachmentDeleted, InvalidPayload, parse_attachment_deleted
 from worker.handlers.repository import StoredAttachment, TakenAttachment
 from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
-from worker.providers.results import Transient
 
 log = structlog.get_logger("worker.handlers")
 
@@ -64,7 +53,7 @@ class AttachmentCleanupHandler:
         if taken.file_in_live_use and row.provider_file_id is not None:
             await keep_file(self._ctx, event.attachment_id, row.provider_file_id)
             return Ok()
-        result = await clean_file(
+        return await clean_file(
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=row.tenant_id,
@@ -72,7 +61,6 @@ class AttachmentCleanupHandler:
             label=row.storage_backend,
             file_id=row.provider_file_id,
         )
-        return self._outcome(result, row_exists=True)
 
     def _not_taken(
         self, event: AttachmentDeleted, row: StoredAttachment, taken: TakenAttachment
@@ -96,33 +84,15 @@ class AttachmentCleanupHandler:
         if taken.file_in_live_use:
             log.warning("file_kept", provider_file_id=event.provider_file_id, reason=FILE_KEPT)
             return Ok()  # settled: nothing to record, the live attachment's cleanup owns it
-        result = await clean_file(
+        return await clean_file(
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=event.tenant_id,
             chat_id=event.chat_id,
             label=event.storage_backend,
             file_id=event.provider_file_id,
+            row_purged=True,
         )
-        return self._outcome(result, row_exists=False)
-
-    def _outcome(self, result: FileOutcome, *, row_exists: bool) -> Outcome:
-        match result:
-            case Done():
-                return Ok()
-            case StillPending(reason=reason, detail=detail, retry_after_seconds=after):
-                return Retry(reason, detail, after)
-            case Failed(detail=detail, permanent=True):
-                return Reject(f"provider refused the delete: {detail}")
-            case Failed(detail=detail):
-                return Reject(f"max attempts ({self._ctx.max_attempts}) reached: {detail}")
-            case NotPending(result=failure):
-                if row_exists:
-                    return Ok()  # already terminal: a stale redelivery
-                # The row is gone (chat purged): this message is the only record of the file.
-                if isinstance(failure, Transient):
-                    return Retry(failure.reason, failure.detail, failure.retry_after_seconds)
-                return Reject(f"provider refused the delete: {failure.detail}")
 
 
 def _refusal(event: AttachmentDeleted, row: StoredAttachment, *, chat_deleted: bool) -> str | None:

@@ -22,15 +22,7 @@ from uuid import UUID
 
 import structlog
 
-from worker.handlers.files import (
-    VECTOR_STORE,
-    CleanupContext,
-    FileOutcome,
-    StillPending,
-    clean_file,
-    keep_file,
-    receipt_for,
-)
+from worker.handlers.files import VECTOR_STORE, CleanupContext, clean_file, keep_file, receipt_for
 from worker.handlers.payloads import ChatSoftDeleted, InvalidPayload, parse_chat_soft_deleted
 from worker.handlers.repository import PendingAttachment, Receipt, VectorStoreRow
 from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
@@ -81,11 +73,15 @@ class ChatCleanupHandler:
 
     async def _clean_files(
         self, chat_id: UUID, attachments: list[PendingAttachment]
-    ) -> list[StillPending]:
-        """Clean all files concurrently; returns the ones that stay pending."""
+    ) -> list[Retry]:
+        """Clean all files concurrently; returns the Retries of the ones that stay pending.
+
+        A file whose row failed for good (its Reject) does not hold the chat back: the vector
+        store goes next, and that path reports the failed attachments.
+        """
         slots = asyncio.Semaphore(self._file_concurrency)
 
-        async def one(att: PendingAttachment) -> FileOutcome:
+        async def one(att: PendingAttachment) -> Outcome:
             if att.file_in_live_use and att.provider_file_id is not None:
                 return await keep_file(self._ctx, att.id, att.provider_file_id)
             async with slots:
@@ -107,7 +103,7 @@ class ChatCleanupHandler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return [o for o in outcomes if isinstance(o, StillPending)]
+        return [o for o in outcomes if isinstance(o, Retry)]
 
     async def _clean_vector_store(self, event: ChatSoftDeleted, row: VectorStoreRow) -> Outcome:
         repo, metrics = self._ctx.repo, self._ctx.metrics
@@ -152,7 +148,7 @@ class ChatCleanupHandler:
         return Ok()
 
 
-def _retry_for(pending: list[StillPending]) -> Retry:
+def _retry_for(pending: list[Retry]) -> Retry:
     """One Retry for the message: the first failure's reason, the longest Retry-After.
 
     A file deferred for its tenant's fair turn counts only when nothing else failed: a deferred

@@ -1,20 +1,22 @@
 """Deleting one attachment's provider file and recording the result on its row.
 
 Shared by both handlers, so the attachment path and the chat path record attempts, terminal
-failures and metrics identically (the original's two copies drifted apart).
+failures and metrics identically (the original's two copies drifted apart). It answers with
+the message's ``Outcome`` directly: ``Ok`` (nothing more to do for this file), ``Retry`` (the
+row stays pending) or ``Reject`` (the row failed for good on this attempt).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from typing import Protocol
 from uuid import UUID
 
 import structlog
 
 from worker.handlers.repository import CleanupRepository, Receipt
-from worker.models import RetryReason
+from worker.models import Ok, Outcome, Reject, Retry
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult, Permanent, Transient
 
@@ -46,36 +48,6 @@ class CleanupContext:
     max_attempts: int
 
 
-@dataclass(frozen=True)
-class Done:
-    """The file is gone (or there never was one) and the row says so, or the row is gone."""
-
-
-@dataclass(frozen=True)
-class StillPending:
-    reason: RetryReason
-    detail: str
-    retry_after_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The row reached the terminal ``failed`` state on this attempt."""
-
-    detail: str
-    permanent: bool  # the provider refused the request itself (not: attempts ran out)
-
-
-@dataclass(frozen=True)
-class NotPending:
-    """The attempt failed but the row was not pending: already terminal, or gone."""
-
-    result: Transient | Permanent
-
-
-FileOutcome = Done | StillPending | Failed | NotPending
-
-
 async def clean_file(
     ctx: CleanupContext,
     *,
@@ -84,27 +56,30 @@ async def clean_file(
     chat_id: UUID,
     label: str,
     file_id: str | None,
-) -> FileOutcome:
+    row_purged: bool = False,
+) -> Outcome:
     """Delete the file (if any), then mark the row done (with its receipt) or record the
-    failed attempt."""
+    failed attempt.
+
+    ``row_purged``: the row went with its chat, so the message is the only record of the file
+    and a failure that finds no row to record it on is the message's to retry or reject.
+    """
     if file_id is None:
         await ctx.repo.mark_done(attachment_id)
-        return Done()
+        return Ok()
     started = time.monotonic()
     result = await ctx.provider.delete_file(tenant_id, label, file_id)
     ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
-    if isinstance(result, Deleted):
-        receipt = receipt_for(result, file_id, tenant_id=tenant_id, chat_id=chat_id, label=label)
-        if await ctx.repo.mark_done(attachment_id, receipt=receipt):
-            ctx.metrics.cleanup_completed(FILE)
-        outcome: FileOutcome = Done()
-    else:
-        outcome = await _record_failure(ctx, attachment_id, result)
-    _log_outcome(attachment_id, outcome)
-    return outcome
+    if not isinstance(result, Deleted):
+        return await _record_failure(ctx, attachment_id, result, row_purged=row_purged)
+    receipt = receipt_for(result, file_id, tenant_id=tenant_id, chat_id=chat_id, label=label)
+    if await ctx.repo.mark_done(attachment_id, receipt=receipt):
+        ctx.metrics.cleanup_completed(FILE)
+    log.info("attachment_cleaned", attachment_id=str(attachment_id))
+    return Ok()
 
 
-async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> Done:
+async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> Ok:
     """The row's duty ends without a delete: a live attachment still uses the file.
 
     ``done`` (not ``failed``) because nothing is owed: retrying would only keep the chat's
@@ -115,23 +90,7 @@ async def keep_file(ctx: CleanupContext, attachment_id: UUID, file_id: str) -> D
     log.warning(
         "file_kept", attachment_id=str(attachment_id), provider_file_id=file_id, reason=FILE_KEPT
     )
-    return Done()
-
-
-def _log_outcome(attachment_id: UUID, outcome: FileOutcome) -> None:
-    """One event name per outcome: a line says what happened without reading its fields."""
-    where = {"attachment_id": str(attachment_id)}
-    match outcome:
-        case Done():
-            log.info("attachment_cleaned", **where)
-        case StillPending(reason=reason):
-            log.info("attachment_cleanup_retrying", **where, reason=str(reason))
-        case Failed(permanent=permanent):
-            log.warning("attachment_cleanup_failed", **where, permanent=permanent)
-        case NotPending():
-            log.info("attachment_cleanup_skipped", **where, why="row already terminal or gone")
-        case _:
-            assert_never(outcome)
+    return Ok()
 
 
 def receipt_for(
@@ -152,33 +111,43 @@ def receipt_for(
 
 
 async def _record_failure(
-    ctx: CleanupContext, attachment_id: UUID, result: Transient | Permanent
-) -> FileOutcome:
-    match result:
-        case Transient(sent=False):
-            # Refused by our own limiter or breaker: the file was not tried, so no attempt is
-            # recorded (else a rate-limited tenant's files end failed without one request),
-            # and cleanup_retry_total, which counts recorded attempts, is not raised either.
-            return StillPending(result.reason, result.detail, result.retry_after_seconds)
-        case Transient() | Permanent():
-            status = await ctx.repo.record_attempt(
-                attachment_id,
-                result.detail,
-                max_attempts=ctx.max_attempts,
-                permanent=isinstance(result, Permanent),
-            )
-            return _after_attempt(ctx, status, result)
-        case _:
-            assert_never(result)
-
-
-def _after_attempt(
-    ctx: CleanupContext, status: str | None, result: Transient | Permanent
-) -> FileOutcome:
+    ctx: CleanupContext, attachment_id: UUID, result: Transient | Permanent, *, row_purged: bool
+) -> Outcome:
+    """Record the failed attempt on the row; one log event name per way it ends."""
+    where = {"attachment_id": str(attachment_id)}
+    if isinstance(result, Transient) and not result.sent:
+        # Refused by our own limiter or breaker: the file was not tried, so no attempt is
+        # recorded (else a rate-limited tenant's files end failed without one request),
+        # and cleanup_retry_total, which counts recorded attempts, is not raised either.
+        log.info("attachment_cleanup_retrying", **where, reason=str(result.reason))
+        return _retry_of(result)
+    permanent = isinstance(result, Permanent)
+    status = await ctx.repo.record_attempt(
+        attachment_id, result.detail, max_attempts=ctx.max_attempts, permanent=permanent
+    )
     if status == "failed":
         ctx.metrics.cleanup_failed(FILE)
-        return Failed(result.detail, permanent=isinstance(result, Permanent))
+        log.warning("attachment_cleanup_failed", **where, permanent=permanent)
+        return _rejected(ctx, result)
     if status == "pending" and isinstance(result, Transient):
         ctx.metrics.cleanup_retry(FILE, result.reason)
-        return StillPending(result.reason, result.detail, result.retry_after_seconds)
-    return NotPending(result)
+        log.info("attachment_cleanup_retrying", **where, reason=str(result.reason))
+        return _retry_of(result)
+    log.info("attachment_cleanup_skipped", **where, why="row already terminal or gone")
+    if not row_purged:
+        return Ok()  # already terminal: a stale redelivery
+    # No row (chat purged): this message is the only record of the file.
+    return _retry_of(result) if isinstance(result, Transient) else _rejected(ctx, result)
+
+
+def _retry_of(result: Transient) -> Retry:
+    """The message's Retry for a provider's transient failure."""
+    return Retry(result.reason, result.detail, result.retry_after_seconds)
+
+
+def _rejected(ctx: CleanupContext, result: Transient | Permanent) -> Reject:
+    """The message's dead letter: the provider refused the delete, or the row ran out of
+    attempts."""
+    if isinstance(result, Permanent):
+        return Reject(f"provider refused the delete: {result.detail}")
+    return Reject(f"max attempts ({ctx.max_attempts}) reached: {result.detail}")

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from worker.observability.logging import redact
+from worker.observability.logging import redact_secrets
 
 _TEXT = "text/plain; charset=utf-8"
 _REASONS = {
@@ -89,7 +89,7 @@ class HealthServer:
             except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
                 raise
             except Exception as exc:  # a bug in a callback: answer 500 instead of hanging up
-                text = redact(f"internal error: {type(exc).__name__}: {exc}\n")
+                text = redact_secrets(f"internal error: {type(exc).__name__}: {exc}\n")
                 status, content_type, body, head_only = 500, _TEXT, text.encode(), False
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
@@ -162,7 +162,7 @@ class HealthServer:
             ready, reason = False, f"readiness check failed: {type(exc).__name__}: {exc}"
         else:
             ready, reason = check.result()
-        text = redact(reason or ("ready" if ready else "not ready"))
+        text = redact_secrets(reason or ("ready" if ready else "not ready"))
         return (200 if ready else 503), _TEXT, (text + "\n").encode()
 
 

@@ -3,9 +3,9 @@
 One pipeline renders both structlog events and stdlib records (psycopg, psycopg_pool, httpx2,
 openai: WARNING and above only) to one stream: one JSON object per line in production (or
 whenever the stream is not a TTY), a readable console line otherwise. Every value, nested
-dicts and formatted tracebacks included, goes through ``redact`` before rendering, because
-the things most likely to end up in a log line — exception text from psycopg and the SDK — are
-the ones that quote DSNs, headers and keys.
+dicts and formatted tracebacks included, goes through ``redact_secrets`` before rendering,
+because the things most likely to end up in a log line — exception text from psycopg and the
+SDK — are the ones that quote DSNs, headers and keys.
 
 Event vocabulary (stable: dashboards and tests match on it; context is bound once per task):
 
@@ -47,7 +47,7 @@ from typing import IO, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.config import redact as redact_dsn
+from worker.config import redact_passwords
 
 REDACTED = "***"
 # Libraries whose stdlib records join the pipeline; their INFO/DEBUG chatter stays out.
@@ -70,10 +70,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(\bbearer\s+)[\w\-.~+/]+=*", re.IGNORECASE), r"\1***"),
     (re.compile(r"\bsk-[\w\-]{8,}"), REDACTED),  # OpenAI-style keys: sk-..., sk-proj-...
 )
-# Every text a credential pattern (here and in config.redact, for DSNs) can match contains one
-# of these; keep them in step (tests/observability/test_redact_prefilter.py checks). A regex with
-# the patterns' flag, not lower() + `in`: IGNORECASE also matches U+0131 (dotless i), U+017F
-# (long s) and U+212A (Kelvin sign) to i, s, k, which lower() does not.
+# Every text a credential pattern (here and in config.redact_passwords, for DSNs) can match
+# contains one of these; keep them in step (tests/observability/test_redact_prefilter.py
+# checks). A regex with the patterns' flag, not lower() + `in`: IGNORECASE also matches U+0131
+# (dotless i), U+017F (long s) and U+212A (Kelvin sign) to i, s, k, which lower() does not.
 _MAY_HOLD_CREDENTIAL = re.compile(
     r"authorization|api[-_]?key|passw|pwd|secret|token|bearer|sk-|://", re.IGNORECASE
 )
@@ -112,7 +112,7 @@ def register_secret(value: str) -> None:
     _secrets.add(value)
 
 
-def redact(text: str) -> str:
+def redact_secrets(text: str) -> str:
     """``text`` with registered secrets and anything shaped like a credential replaced.
 
     The credential patterns run only if ``_MAY_HOLD_CREDENTIAL`` finds one of their literals:
@@ -122,7 +122,7 @@ def redact(text: str) -> str:
     text = _secrets.mask(text)  # arbitrary strings: never behind the pre-filter
     if not _MAY_HOLD_CREDENTIAL.search(text):
         return text
-    text = redact_dsn(text)  # DSN forms are the config module's to know
+    text = redact_passwords(text)  # DSN forms are the config module's to know
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -137,7 +137,7 @@ def _is_sensitive_key(key: str) -> bool:
 
 def _redact_value(value: object, depth: int = 0) -> object:
     if isinstance(value, str):
-        return redact(value)
+        return redact_secrets(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     if depth >= _MAX_DEPTH:
@@ -151,7 +151,7 @@ def _redact_value(value: object, depth: int = 0) -> object:
         return [_redact_value(v, depth + 1) for v in value]
     # Anything else (exceptions, UUIDs, objects with a __repr__) is rendered here, so the
     # renderer never turns an unredacted repr into output.
-    return redact(str(value))
+    return redact_secrets(str(value))
 
 
 def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -9,23 +9,21 @@ retried at once by whoever picks them up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import structlog
 
 from worker.errors import DatabaseUnavailable
 from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.outbox.capacity import Capacity
 from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
-
-Kind = Literal["ok", "retry", "reject"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,12 @@ class Handled:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; a provider's Retry-After is a lower bound."""
+class RedeliveryPolicy:
+    """When a retried message is delivered again, and how often before it is dead-lettered.
+
+    Exponential backoff with jitter; a provider's Retry-After is a lower bound. Not the
+    provider layer's ``CallRetryPolicy``, which retries within one call.
+    """
 
     base_seconds: float
     max_seconds: float
@@ -68,39 +70,61 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Settled:
-    """How one delivery is persisted (see the record_outcomes statement)."""
+    """How one delivery is persisted: ``verdict`` is what the ack writes (record_outcomes).
+
+    The verdict is the handler's outcome as decided: a Retry past ``max_deliveries`` becomes a
+    Reject (a dead letter), and a Retry's ``retry_after_seconds`` is the delay chosen for it
+    (the handler's is only a lower bound). ``handled`` keeps what the handler returned.
+    """
 
     handled: Handled
-    kind: Kind
-    reason: str
-    error: str
-    delay_seconds: float
+    verdict: Outcome
 
 
-def settle(handled: Handled, policy: RetryPolicy, rng: random.Random) -> Settled:
+def settle(handled: Handled, policy: RedeliveryPolicy, rng: random.Random) -> Settled:
     """Decide what to write for an outcome; a Retry past max_deliveries becomes a dead letter."""
     outcome = handled.outcome
     delivery = handled.envelope.message.delivery
     match outcome:
-        case Ok():
-            return Settled(handled, "ok", "", "", 0.0)
-        case Reject(reason=reason):
-            return Settled(handled, "reject", "reject", reason, 0.0)
-        case Retry(reason=reason, detail=detail, not_before_seconds=hint):
-            error = f"{reason.value}: {detail}" if detail else reason.value
-            if reason is RetryReason.DEFERRED:
-                # Not a failure: parked until the tenant's fair turn (exactly that long, no
-                # backoff), and lease_due_retries does not count the delivery it did not use.
-                return Settled(handled, "retry", reason.value, error, max(0.0, hint or 0.0))
-            if delivery >= policy.max_deliveries:
-                final = f"max deliveries ({policy.max_deliveries}) reached; last error: {error}"
-                return Settled(handled, "reject", "max_deliveries", final, 0.0)
-            if reason is RetryReason.INTERRUPTED:
-                return Settled(handled, "retry", reason.value, error, 0.0)
-            delay = policy.delay_seconds(delivery, hint, rng)
-            return Settled(handled, "retry", reason.value, error, delay)
+        case Ok() | Reject():
+            return Settled(handled, outcome)
+        case Retry(reason=RetryReason.DEFERRED, retry_after_seconds=hint):
+            # Not a failure: parked until the tenant's fair turn (exactly that long, no
+            # backoff), and lease_due_retries does not count the delivery it did not use.
+            return Settled(handled, _delayed(outcome, max(0.0, hint or 0.0)))
+        case Retry() if delivery >= policy.max_deliveries:
+            limit = f"max deliveries ({policy.max_deliveries}) reached"
+            return Settled(handled, Reject(f"{limit}; last error: {_error(outcome)}"))
+        case Retry(reason=RetryReason.INTERRUPTED):
+            return Settled(handled, _delayed(outcome, 0.0))
+        case Retry(retry_after_seconds=hint):
+            return Settled(handled, _delayed(outcome, policy.delay_seconds(delivery, hint, rng)))
         case _:
             assert_never(outcome)
+
+
+def _delayed(retry: Retry, seconds: float) -> Retry:
+    """The Retry as parked: due again in exactly ``seconds``."""
+    return dataclasses.replace(retry, retry_after_seconds=seconds)
+
+
+def _error(retry: Retry) -> str:
+    """A retry's last error as the retry row and a dead letter keep it: reason, then detail."""
+    reason = retry.reason.value
+    return f"{reason}: {retry.detail}" if retry.detail else reason
+
+
+def _columns(verdict: Outcome) -> tuple[str, str, str, float]:
+    """The verdict as record_outcomes' kind, reason, error and delay columns."""
+    match verdict:
+        case Ok():
+            return "ok", "", "", 0.0
+        case Retry(reason=reason, retry_after_seconds=delay):
+            return "retry", reason.value, _error(verdict), delay or 0.0
+        case Reject(reason=text):
+            return "reject", "", text, 0.0
+        case _:
+            assert_never(verdict)
 
 
 def outcome_params(rows: Sequence[Settled]) -> dict[str, list[Any]]:
@@ -130,10 +154,7 @@ def outcome_params(rows: Sequence[Settled]) -> dict[str, list[Any]]:
             message.payload,
             message.payload_type,
             message.created_at,
-            row.kind,
-            row.reason,
-            row.error,
-            row.delay_seconds,
+            *_columns(row.verdict),
             message.delivery,
             envelope.dead_letter_id,
         )
@@ -143,76 +164,19 @@ def outcome_params(rows: Sequence[Settled]) -> dict[str, list[Any]]:
 
 
 class Runner:
-    """Calls handlers under the global concurrency limit and a per-message time budget."""
+    """Calls handlers in the process's slots (``Capacity``) under a per-message time budget."""
 
-    def __init__(self, handlers: dict[str, Handler], *, concurrency: int, budget_seconds: float):
+    def __init__(self, handlers: dict[str, Handler], capacity: Capacity, *, budget_seconds: float):
         self._handlers = handlers
-        self._concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
+        self._capacity = capacity
         self._budget = budget_seconds
-        self._unfinished = 0  # messages handed to run_all and not finished yet
-        self._reserved = 0  # messages being leased and read, not handed to run_all yet
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def _taken(self) -> int:
-        return self._unfinished + self._reserved
-
-    @property
-    def idle(self) -> bool:
-        return self._taken == 0
-
-    @property
-    def free_slots(self) -> int:
-        """Slots not taken by a message running, waiting for one, or being leased."""
-        return max(0, self._concurrency - self._taken)
-
-    @property
-    def room(self) -> int:
-        """Messages this process can take on now: its slots plus one wave of queue.
-
-        The queue keeps the slots busy while a batch's messages finish one by one; more than
-        one wave would only sit here while other replicas with free slots wait for work.
-        """
-        return max(0, 2 * self._concurrency - self._taken)
-
-    def reserve(self, count: int) -> None:
-        """Count ``count`` messages as taken while they are leased and read.
-
-        Lanes decide how much to lease before awaiting the database: unreserved, every lane of
-        an idle process saw it idle at once and each leased a full batch, and other replicas
-        had nothing left to lease (4 replicas drained at under 3x one).
-        """
-        self._reserved += count
-
-    def unreserve(self, count: int) -> None:
-        self._reserved -= count
-        for _ in range(min(count, len(self._slot_waiters))):
-            self._wake_slot_waiter()
-
-    async def wait_for_slot(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Whether a slot is free, waiting up to ``timeout`` for one to free up.
-
-        A finished message wakes one waiter, so lanes refill a freed slot at once instead of
-        after a poll interval, without all of them racing for it.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.free_slots:
-            if (left := deadline - loop.time()) <= 0:
-                return False
-            waiter = loop.create_future()
-            self._slot_waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, left)
-        return True
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
         """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
         tasks = [asyncio.create_task(self._run_one(e), name=_task_name(e)) for e in envelopes]
-        self._unfinished += len(tasks)
-        for created in tasks:
-            created.add_done_callback(self._finished)
+        self._capacity.admit(len(tasks))
+        for created in tasks:  # done, failed or cancelled alike: its slot may be refilled
+            created.add_done_callback(lambda _: self._capacity.finish())
         aborted = asyncio.create_task(abort.wait())
         pending: set[asyncio.Future[Any]] = set(tasks)
         try:
@@ -229,17 +193,6 @@ class Runner:
         return [
             self._result(task, envelope) for task, envelope in zip(tasks, envelopes, strict=True)
         ]
-
-    def _finished(self, _task: asyncio.Task[Handled]) -> None:
-        self._unfinished -= 1
-        self._wake_slot_waiter()
-
-    def _wake_slot_waiter(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():  # a waiter that timed out is cancelled, hence done
-                waiter.set_result(None)
-                return
 
     @staticmethod
     def _result(task: asyncio.Task[Handled], envelope: Envelope) -> Handled:
@@ -258,7 +211,7 @@ class Runner:
         )
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             structlog.contextvars.bind_contextvars(redelivered=True)
-        async with self._slots:
+        async with self._capacity.slot():
             started = time.monotonic()
             outcome = await self._call(message)
             seconds = time.monotonic() - started

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import OutboxConfig
-from worker.models import Handler
+from worker.models import Handler, Reject
 from worker.outbox import processor, retrier
-from worker.outbox.delivery import Envelope, Handled, RetryPolicy, Runner, Settled, settle
+from worker.outbox.capacity import Capacity
+from worker.outbox.delivery import Envelope, Handled, RedeliveryPolicy, Runner, Settled, settle
 from worker.outbox.isolation import run_alone
 from worker.outbox.leases import heartbeat
 from worker.outbox.maintenance import sequence_queues, vacuum
@@ -36,7 +37,7 @@ class EngineSettings:
     batch_size: int
     lease_seconds: float
     concurrency: int
-    retry: RetryPolicy
+    retry: RedeliveryPolicy
     handler_budget_seconds: float
     max_handler_crashes: int = 3  # process deaths while handled alone before a dead letter
 
@@ -46,7 +47,7 @@ class EngineSettings:
             batch_size=outbox.batch_size,
             lease_seconds=outbox.lease_seconds,
             concurrency=outbox.concurrency,
-            retry=RetryPolicy(
+            retry=RedeliveryPolicy(
                 outbox.retry.base_seconds, outbox.retry.max_seconds, outbox.retry.max_deliveries
             ),
             # The heartbeat keeps the lease while a handler runs; this bounds a hung one.
@@ -69,7 +70,7 @@ class RoundReport:
 
     @property
     def dead_lettered(self) -> int:
-        return sum(1 for s in self.settled if s.kind == "reject")
+        return sum(1 for s in self.settled if isinstance(s.verdict, Reject))
 
     @property
     def leases_lost(self) -> int:
@@ -108,10 +109,9 @@ class Engine:
         self.worker_id = worker_id or new_worker_id()
         self.queues = tuple(handlers)
         self._rng = rng or random.Random()
+        self._capacity = Capacity(settings.concurrency)
         self._runner = Runner(
-            dict(handlers),
-            concurrency=settings.concurrency,
-            budget_seconds=settings.handler_budget_seconds,
+            dict(handlers), self._capacity, budget_seconds=settings.handler_budget_seconds
         )
         # One suspect message at a time in the whole process, whatever its lane (isolation.py).
         self._alone = asyncio.Lock()
@@ -124,7 +124,7 @@ class Engine:
 
     async def wait_for_capacity(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Whether a handler slot is free, waiting up to ``timeout`` for one to free up."""
-        return await self._runner.wait_for_slot(timeout)
+        return await self._capacity.wait_for_free(timeout)
 
     async def process_partitions(
         self,
@@ -143,12 +143,11 @@ class Engine:
         leasing", e.g. SIGTERM): lease nothing.
         """
         abort = abort or asyncio.Event()
-        if self._runner.free_slots == 0 or (stop is not None and stop.is_set()):
+        if self._capacity.free == 0 or (stop is not None and stop.is_set()):
             return RoundReport()
-        limit = self.settings.batch_size if self._runner.idle else self._runner.room
-        limit = min(self.settings.batch_size, limit)
+        limit = self._capacity.lease_limit(self.settings.batch_size)
         leases: list[processor.PartitionLease] = []
-        self._runner.reserve(limit * max_partitions)
+        self._capacity.reserve(limit * max_partitions)
         try:
             leases = await processor.lease_partitions(
                 self.pool,
@@ -158,7 +157,7 @@ class Engine:
                 limit=max_partitions,
             )
         finally:  # each lease keeps its share until its batch is read (_process_lease)
-            self._runner.unreserve(limit * (max_partitions - len(leases)))
+            self._capacity.unreserve(limit * (max_partitions - len(leases)))
         reports = await asyncio.gather(
             *(self._process_lease(lease, limit, abort) for lease in leases)
         )
@@ -173,8 +172,8 @@ class Engine:
         try:
             envelopes = await processor.read_batch(self.pool, lease, limit=limit)
         finally:
-            # No await from here to run_all, which counts the messages as unfinished.
-            self._runner.unreserve(limit)
+            # No await from here to run_all, which admits the messages (Capacity).
+            self._capacity.unreserve(limit)
         if not envelopes:
             await processor.release_lease(self.lease_pool, lease)
             return RoundReport()

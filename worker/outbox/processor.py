@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.pool import translate_errors
 from worker.db.queries import q
-from worker.models import Message
+from worker.models import Message, Ok
 from worker.outbox.delivery import Envelope, Settled, outcome_params
 
 Extend = Callable[[], Awaitable[bool]]
@@ -105,7 +105,9 @@ async def ack_batch(
     writing them (dead letters, retries) would duplicate or contradict that work.
     """
     last_seq = max(s.handled.envelope.message.seq for s in settled)
-    worth_writing = [s for s in settled if s.kind != "ok" or s.handled.envelope.dead_letter_id]
+    worth_writing = [
+        s for s in settled if not isinstance(s.verdict, Ok) or s.handled.envelope.dead_letter_id
+    ]
     guard = {**_guard(lease), "last_seq": last_seq, "read_seq": lease.processed_seq}
     with translate_errors():
         async with pool.connection() as conn:

@@ -16,16 +16,16 @@ from worker.providers.results import (
     Transient,
     outcome_label,
 )
-from worker.providers.retrying import RetryPolicy
+from worker.providers.retrying import CallRetryPolicy
 from worker.providers.routing import Route
 
 __all__ = [
     "BreakerPolicy",
+    "CallRetryPolicy",
     "DeleteResult",
     "Deleted",
     "Permanent",
     "ProviderObserver",
-    "RetryPolicy",
     "Route",
     "Transient",
     "outcome_label",

@@ -44,7 +44,7 @@ from worker.providers.results import (
     outcome_label,
     seconds_text,
 )
-from worker.providers.retrying import RetryPolicy, run_with_retries
+from worker.providers.retrying import CallRetryPolicy, run_with_retries
 from worker.providers.routing import Route, RouteId, Router, default_environ
 from worker.providers.suspicion import NotFoundStreak, RouteHealthListener
 
@@ -93,7 +93,7 @@ class ProviderGateway:
         observer: ProviderObserver | None = None,
         route_health: RouteHealthListener | None = None,
         http_client: httpx2.AsyncClient | None = None,
-        retry: RetryPolicy | None = None,
+        retry: CallRetryPolicy | None = None,
         breaker: BreakerPolicy | None = None,
         client_ttl_seconds: float = CLIENT_TTL_SECONDS,
         environ: Mapping[str, str] | None = None,
@@ -105,7 +105,7 @@ class ProviderGateway:
         self._router = Router(config)
         self._observer = observer
         self._route_health = route_health
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or CallRetryPolicy()
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -271,15 +271,16 @@ class ProviderGateway:
         """The retried call, with its outcome fed to the breaker (and auth to the cache)."""
         route = state.route
         deadline = self._clock() + self._retry.budget_seconds(route.timeout_seconds)
-
-        sent = False
+        reached = False  # an attempt of this call reached the provider
 
         async def attempt() -> DeleteResult:
-            nonlocal sent
-            result, did_send = await self._attempt(
-                state, client, operation, target, deadline, tenant_id
-            )
-            sent = sent or did_send
+            nonlocal reached
+            result = await self._attempt(state, client, operation, target, deadline, tenant_id)
+            if isinstance(result, Transient) and not result.sent:
+                # Refused by our own limiter. After an attempt that reached the provider, the
+                # call was tried all the same: it counts as sent (a cleanup attempt).
+                return dataclasses.replace(result, sent=True) if reached else result
+            reached = True
             return result
 
         try:
@@ -295,15 +296,12 @@ class ProviderGateway:
             state.breaker.abandon(admission)
             raise
         failure = result.reason if isinstance(result, Transient) else None
-        if not sent:  # only our own limiter answered: says nothing about the upstream
+        if isinstance(result, Transient) and not result.sent:  # no request: nothing learnt
             state.breaker.abandon(admission)
         else:
             state.breaker.record(admission, failure if failure in BREAKER_FAILURES else None)
         if failure is RetryReason.AUTH:
             self._clients.evict(route)  # the next call re-reads a possibly rotated key
-        if isinstance(result, Transient) and sent and not result.sent:
-            # An earlier attempt of this call reached the provider: it was tried, it counts.
-            result = dataclasses.replace(result, sent=True)
         return result
 
     async def _attempt(
@@ -314,8 +312,8 @@ class ProviderGateway:
         target: Target,
         deadline: float,
         tenant_id: Tenant,
-    ) -> tuple[DeleteResult, bool]:
-        """One HTTP request inside the route's limiter (and whether it was sent at all).
+    ) -> DeleteResult:
+        """One HTTP request inside the route's limiter, or ``Transient(sent=False)`` without one.
 
         A 429's Retry-After pauses the route for every caller. The tenant's turn is fair
         (``RouteLimiter``); a tenant over its share is deferred without a request.
@@ -329,21 +327,17 @@ class ProviderGateway:
                 self._observe(route.label, operation, result, self._clock() - started)
         except RouteBusy as busy:
             detail = f"{route.label}: {busy.detail}"
-            unsent = Transient(
-                RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds, sent=False
-            )
-            return unsent, False
+            return Transient(RetryReason.RATE_LIMITED, detail, busy.retry_after_seconds, sent=False)
         except RouteDeferred as deferred:
             detail = f"{route.label}: {deferred.detail}"
-            later = Transient(RetryReason.DEFERRED, detail, deferred.not_before_seconds, sent=False)
-            return later, False
+            return Transient(RetryReason.DEFERRED, detail, deferred.retry_after_seconds, sent=False)
         if isinstance(result, Transient) and result.reason is RetryReason.RATE_LIMITED:
             state.limiter.rate.rate_limited()  # the upstream's 429: slow this route down
             if result.retry_after_seconds:
                 state.limiter.pause_for(result.retry_after_seconds)
         elif not isinstance(result, Transient):
             state.limiter.rate.succeeded()
-        return result, True
+        return result
 
     async def _send(
         self,

@@ -116,15 +116,15 @@ class AdaptiveRate:
 class RouteDeferred(Exception):
     """The tenant already has its share of this route's queue; nothing was sent.
 
-    ``not_before_seconds`` is the tenant's next turn in its fair schedule: the message is parked
-    until then (without spending a delivery) instead of holding a handler slot and its
+    ``retry_after_seconds`` is the tenant's next turn in its fair schedule: the message is
+    parked until then (without spending a delivery) instead of holding a handler slot and its
     partition's cursor while it waits here.
     """
 
-    def __init__(self, detail: str, not_before_seconds: float) -> None:
+    def __init__(self, detail: str, retry_after_seconds: float) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.not_before_seconds = not_before_seconds
+        self.retry_after_seconds = retry_after_seconds
 
 
 Tenant = Hashable  # whose budget a call spends (a tenant id; None for "nobody in particular")

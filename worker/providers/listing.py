@@ -115,7 +115,9 @@ async def _page(
             else:
                 page = await client.vector_stores.list(**params, timeout=timeout)
     except RouteBusy as busy:
-        return Transient(RetryReason.RATE_LIMITED, busy.detail, busy.retry_after_seconds)
+        return Transient(
+            RetryReason.RATE_LIMITED, busy.detail, busy.retry_after_seconds, sent=False
+        )
     except (openai.OpenAIError, httpx2.HTTPError) as exc:
         result = classify_exception(
             exc,

@@ -54,8 +54,11 @@ class Deleted:
 class Transient:
     """Not done; the engine retries. ``retry_after_seconds`` is the provider's lower bound.
 
-    ``sent`` is False when the gateway refused the call itself (circuit open, route paused or
-    busy past the call budget): no request reached the provider, so it is no cleanup attempt.
+    ``sent`` is the one answer to "did a request reach the provider?": False when the gateway
+    refused the call itself (route paused, circuit open, limiter busy past the call budget,
+    tenant deferred to its fair turn), so it is no cleanup attempt and tells the breaker
+    nothing. A call is sent when any of its attempts was. A configuration problem (no route,
+    no key) counts as sent: a row that can never be cleaned must run out of attempts.
     """
 
     reason: RetryReason

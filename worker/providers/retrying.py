@@ -20,8 +20,11 @@ IN_CALL_RETRY_REASONS = frozenset({
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds of the in-call retries of one delete call."""
+class CallRetryPolicy:
+    """Bounds of the in-call retries of one delete call (seconds, inside one lease).
+
+    Not the engine's ``RedeliveryPolicy``, which parks the message and delivers it again later.
+    """
 
     max_attempts: int = 3
     # The whole call, queueing included, ends within budget_factor x the route's timeout.
@@ -49,7 +52,7 @@ Attempt = Callable[[], Awaitable[DeleteResult]]
 async def run_with_retries(
     attempt: Attempt,
     *,
-    policy: RetryPolicy,
+    policy: CallRetryPolicy,
     deadline: float,
     timeout_seconds: float,
     clock: Clock,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker.config import BackendConfig, Config, KeyUnavailable, TenantOverride, redact
+from worker.config import BackendConfig, Config, KeyUnavailable, TenantOverride, redact_passwords
 from worker.db.pool import connect, translate_errors
 from worker.errors import CleanupWorkerError, DatabaseUnavailable
 from worker.runtime.migrate import IndexState, index_states, pending_migrations
@@ -47,7 +47,7 @@ async def check_config(config: Config, *, environ: dict[str, str]) -> CheckRepor
 
 
 async def _check_database(config: Config, report: CheckReport) -> None:
-    where = redact(config.database.dsn)
+    where = redact_passwords(config.database.dsn)
     suspected: list[SuspectedRoute] = []
     try:
         conn = await connect(config.database.dsn, timeout_seconds=5)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.db.pool import translate_errors
 from worker.db.queries import q
+from worker.models import Ok, Reject, Retry
 from worker.outbox.engine import RoundReport
 from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
@@ -108,12 +109,12 @@ class DrainSummary:
     def add(self, report: RoundReport) -> None:
         for settled in report.settled:
             summary = self.queues.setdefault(settled.handled.envelope.message.queue, QueueSummary())
-            match settled.kind:
-                case "ok":
+            match settled.verdict:
+                case Ok():
                     summary.done += 1
-                case "retry":
+                case Retry():
                     summary.retried += 1
-                case "reject":
+                case Reject():
                     summary.dead_lettered += 1
 
     def as_json(self) -> dict[str, Any]:
