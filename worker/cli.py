@@ -26,12 +26,7 @@ import click
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact
-from worker.db import Conn
-from worker.db.pool import (
-    connect,
-    missing_privilege_is_config,
-    translate_errors,
-)
+from worker.db import Conn, check_reachable, open_connection
 from worker.errors import (
     CleanupWorkerError,
     ConfigError,
@@ -191,14 +186,14 @@ def migrate(g: Globals, with_app_schema: bool, skip_app_indexes: bool) -> None:
     hint = "migrate needs a role that may create tables: set database.migrate_dsn (docs/deploy.md)"
 
     async def go() -> None:
-        async with await connect(db.migrate_dsn or db.dsn, key=key) as conn:
-            with translate_errors(), missing_privilege_is_config(key, hint):
-                report = await apply_migrations(
-                    conn,
-                    queues=[config.outbox.attachment_queue, config.outbox.chat_queue],
-                    with_app_schema=with_app_schema,
-                    build_app_indexes=not skip_app_indexes,
-                )
+        dsn = db.migrate_dsn or db.dsn
+        async with open_connection(dsn, key=key, missing_privilege_hint=hint) as conn:
+            report = await apply_migrations(
+                conn,
+                queues=[config.outbox.attachment_queue, config.outbox.chat_queue],
+                with_app_schema=with_app_schema,
+                build_app_indexes=not skip_app_indexes,
+            )
         applied = ", ".join(report.applied) or "nothing new"
         if skip_app_indexes:
             indexes = "skipped (check-config lists any missing)"
@@ -243,7 +238,7 @@ def run(g: Globals) -> int:
         # Refused credentials stop it at once (exit 2); an unreachable database does not: the
         # daemon starts, reports not-ready and waits for it.
         with contextlib.suppress(DatabaseUnavailable):
-            await (await connect(config.database.dsn, timeout_seconds=5)).close()
+            await check_reachable(config.database.dsn, timeout_seconds=5)
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.daemon import Daemon
 
@@ -301,7 +296,7 @@ def drain(
     queues = list(queue_names) or known
 
     async def go() -> int:
-        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        await check_reachable(config.database.dsn)  # unreachable: exit 3 at once
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.drain import drain as run_drain
 
@@ -337,11 +332,10 @@ def status(g: Globals, as_json: bool) -> None:
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                report = await read_status(
-                    conn, _queue_names(config), all_attachments=True, with_indexes=True
-                )
+        async with open_connection(config.database.dsn) as conn:
+            report = await read_status(
+                conn, _queue_names(config), all_attachments=True, with_indexes=True
+            )
         click.echo(
             json.dumps(report.as_json(), indent=2, sort_keys=True, default=str)
             if as_json
@@ -397,9 +391,8 @@ def dl_list(
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                rows = await dl.list_dead_letters(conn, dl.Filter(queue, status, ids, limit))
+        async with open_connection(config.database.dsn) as conn:
+            rows = await dl.list_dead_letters(conn, dl.Filter(queue, status, ids, limit))
         if as_json:
             _emit_json([render.dead_letter_json(row) for row in rows])
         else:
@@ -463,10 +456,9 @@ def dl_replay(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool, l
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                await _require_open_ids(conn, ids)
-                done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
+        async with open_connection(config.database.dsn) as conn:
+            await _require_open_ids(conn, ids)
+            done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
         click.echo(f"replayed {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
@@ -489,10 +481,9 @@ def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) 
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                await _require_open_ids(conn, ids)
-                done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
+        async with open_connection(config.database.dsn) as conn:
+            await _require_open_ids(conn, ids)
+            done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
         click.echo(f"discarded {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
@@ -528,9 +519,8 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
+        async with open_connection(config.database.dsn) as conn:
+            report = await run_retry_failed(conn, _queues(config), chat_id=chat_id)
         click.echo(render.repair_report(report))
 
     _run(go())
@@ -585,11 +575,10 @@ def receipts_cmd(
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                rows = await list_receipts(
-                    conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
-                )
+        async with open_connection(config.database.dsn) as conn:
+            rows = await list_receipts(
+                conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
+            )
         if as_json:
             _emit_json([row.as_json() for row in rows])
         else:
@@ -669,7 +658,7 @@ def reconcile_cmd(
     )
 
     async def go() -> int:
-        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        await check_reachable(config.database.dsn)  # unreachable: exit 3 at once
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.reconcile import reconcile
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.db.pool import translate_errors
+from worker.db import Database
 from worker.db.queries import q
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
@@ -282,13 +282,14 @@ class Daemon:
         if self.stopping.is_set():
             return False, "shutting down"
         try:
-            with translate_errors():
-                async with self.app.pool.connection(timeout=READINESS_DB_TIMEOUT_SECONDS) as conn:
-                    cur = await conn.execute(q("transaction_read_only"))
-                    row = await cur.fetchone()
-                    if row and row[0] == "on":
-                        return False, READ_ONLY
-                    missing = await pending_migrations(conn)
+            async with Database(self.app.pool).connection(
+                timeout=READINESS_DB_TIMEOUT_SECONDS
+            ) as conn:
+                cur = await conn.execute(q("transaction_read_only"))
+                row = await cur.fetchone()
+                if row and row[0] == "on":
+                    return False, READ_ONLY
+                missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:
             return False, str(exc)
         if missing:

@@ -24,13 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-import psycopg
-from psycopg.rows import dict_row
-
 from worker.config import QueueConfig
 from worker.db import Conn
+from worker.db.migrations import build_concurrently
 from worker.db.queries import parse_queries, q, sql_dir
-from worker.errors import SchemaError
 from worker.outbox.queues import register_queue
 
 
@@ -90,13 +87,6 @@ class IndexState:
 
 
 _TABLE = re.compile(r"\bON\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
-# Another replica began the same build (the name) or one on the same table (a deadlock, which
-# PostgreSQL resolves by failing one of the two) at the same moment.
-_LOST_RACE = (
-    psycopg.errors.UniqueViolation,
-    psycopg.errors.DuplicateTable,
-    psycopg.errors.DeadlockDetected,
-)
 # How often a replica looks again at an index another session is building.
 BUILD_POLL_SECONDS = 0.5
 
@@ -200,18 +190,12 @@ async def _ensure_index(conn: Conn, index: AppIndex) -> bool:
         if state.building:  # another session builds on this table: wait (or the two deadlock)
             await asyncio.sleep(BUILD_POLL_SECONDS)
             continue
-        try:
-            if state.present:  # INVALID and nobody builds: an interrupted build's leftover
-                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
-            await conn.execute(index.create.encode())
-        except _LOST_RACE:
+        statements = [index.create.encode()]
+        if state.present:  # INVALID and nobody builds: an interrupted build's leftover
+            statements.insert(0, f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
+        what = f"index {index.name} on {index.table}"
+        if not await build_concurrently(conn, statements, what=what):
             continue  # another replica started at the same moment: look again
-        except psycopg.errors.QueryCanceled as exc:
-            raise SchemaError(
-                f"building index {index.name} on {index.table} was canceled "
-                f"({str(exc).strip().splitlines()[0]}); the next migrate builds it again: give "
-                "migrate's role no statement_timeout, or let a DBA build it (docs/deploy.md)"
-            ) from None
         built = True
 
 
@@ -230,6 +214,5 @@ async def pending_migrations(conn: Conn) -> list[str]:
 
 
 async def _applied(conn: Conn) -> dict[str, str]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q("applied_migrations"))
-        return {row["name"]: row["checksum"] for row in await cur.fetchall()}
+    cur = await conn.execute(q("applied_migrations"))
+    return {name: checksum for name, checksum in await cur.fetchall()}

@@ -11,10 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Conn, Database
 from worker.db.queries import q
 
 PRUNE_CHUNK = 5000
@@ -64,14 +61,13 @@ async def prune_receipts(
     each its own transaction; returns how many receipts went."""
     params = {"retention_days": retention_days, "limit": chunk}
     total = 0
-    with translate_errors():
-        async with pool.connection() as conn:
-            while True:
-                cur = await conn.execute(q("prune_receipts_chunk"), params)
-                row = await cur.fetchone()  # autocommit: each chunk commits on its own
-                done = int(row[0]) if row else 0
-                total += done
-                if done < chunk:
-                    break
-            await conn.execute(q("prune_reconcile_reports"), params)
+    async with Database(pool).connection() as conn:
+        while True:
+            cur = await conn.execute(q("prune_receipts_chunk"), params)
+            row = await cur.fetchone()  # autocommit: each chunk commits on its own
+            done = int(row[0]) if row else 0
+            total += done
+            if done < chunk:
+                break
+        await conn.execute(q("prune_reconcile_reports"), params)
     return total

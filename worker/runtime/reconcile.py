@@ -31,10 +31,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Conn, Database
 from worker.db.queries import q
 from worker.handlers.repository import default_worker_id
 from worker.observability.metrics import Metrics
@@ -323,10 +320,9 @@ async def _file_rows(
 
 
 async def _fetch(pool: AsyncConnectionPool, query: str, params: dict[str, Any]) -> list[Any]:
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q(query), params)
-            return await cur.fetchall()
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q(query), params)
+        return await cur.fetchall()
 
 
 async def apply_leaks(
@@ -336,27 +332,26 @@ async def apply_leaks(
     leaked = [f for r in routes for f in r.leaked_files]
     attachment_ids = [UUID(a) for f in leaked if not f["misrouted"] for a in f["attachment_ids"]]
     store_chats = [UUID(s["chat_id"]) for r in routes for s in r.leaked_vector_stores]
-    with translate_errors():
-        async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("reconcile_reset_attachments"), {"attachment_ids": attachment_ids}
+    async with Database(pool).transaction() as conn:
+        cur = await conn.execute(
+            q("reconcile_reset_attachments"), {"attachment_ids": attachment_ids}
+        )
+        reset = await cur.fetchall()
+        chats = await _deleted_chats(conn, [r[2] for r in reset if r[6]] + store_chats)
+        for chat_id, tenant_id in chats.items():
+            await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
+        singles = [r for r in reset if not r[6]]
+        for attachment_id, tenant_id, chat_id, file_id, backend, kind, _ in singles:
+            await enqueue_attachment_cleanup(
+                conn,
+                queues,
+                tenant_id=tenant_id,
+                chat_id=chat_id,
+                attachment_id=attachment_id,
+                provider_file_id=file_id,
+                storage_backend=backend,
+                attachment_kind=kind,
             )
-            reset = await cur.fetchall()
-            chats = await _deleted_chats(conn, [r[2] for r in reset if r[6]] + store_chats)
-            for chat_id, tenant_id in chats.items():
-                await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
-            singles = [r for r in reset if not r[6]]
-            for attachment_id, tenant_id, chat_id, file_id, backend, kind, _ in singles:
-                await enqueue_attachment_cleanup(
-                    conn,
-                    queues,
-                    tenant_id=tenant_id,
-                    chat_id=chat_id,
-                    attachment_id=attachment_id,
-                    provider_file_id=file_id,
-                    storage_backend=backend,
-                    attachment_kind=kind,
-                )
     skipped = sum(1 for f in leaked if f["misrouted"])
     return Applied(len(reset), len(chats), len(singles), skipped)
 
@@ -412,9 +407,8 @@ async def _insert_receipt(
         "request_id": result.request_id,
         "worker_id": f"reconcile-{default_worker_id()}",
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("insert_receipt"), params)
+    async with Database(pool).connection() as conn:
+        await conn.execute(q("insert_receipt"), params)
 
 
 async def record_report(pool: AsyncConnectionPool, report: ReconcileReport) -> None:
@@ -427,9 +421,8 @@ async def record_report(pool: AsyncConnectionPool, report: ReconcileReport) -> N
         "applied": report.applied is not None,
         "report": json.dumps(report.as_json()),
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("record_reconcile_report"), params)
+    async with Database(pool).connection() as conn:
+        await conn.execute(q("record_reconcile_report"), params)
 
 
 async def refresh_leak_gauge(pool: AsyncConnectionPool, metrics: Metrics) -> None:

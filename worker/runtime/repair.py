@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from worker.db import Conn
-from worker.db.pool import translate_errors
+from worker.db import Conn, Database
 from worker.db.queries import q
 from worker.handlers.payloads import (
     AttachmentDeleted,
@@ -114,9 +113,8 @@ async def resolve_finished_dead_letters_of(app: App) -> int:
         outbox.chat_queue.name,
         outbox.chat_queue.partitions,
     )
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            return await resolve_finished_dead_letters(conn, queues)
+    async with Database(app.pool).connection() as conn:
+        return await resolve_finished_dead_letters(conn, queues)
 
 
 async def triage_dead_letters(

@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import psycopg
-
 from worker.config import BackendConfig, Config, TenantOverride
+from worker.db.pool import dsn_password
 from worker.observability.logging import register_secret
 
 
 def register_secrets(config: Config, environ: dict[str, str]) -> None:
     """Teach the log redactor the DSN passwords and every API key this process can read."""
     for dsn in (config.database.dsn, config.database.migrate_dsn):
-        password = _password(dsn) if dsn else None
+        password = dsn_password(dsn) if dsn else None
         if password:
             register_secret(password)
     tenants = config.providers.tenants.values()
@@ -33,11 +32,3 @@ def register_secrets(config: Config, environ: dict[str, str]) -> None:
             # An unreadable file is reported by check-config and by the provider layer.
             with contextlib.suppress(OSError):
                 register_secret(Path(source.api_key_file).read_text().strip())
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:  # load_config rejects these; masked by pattern anyway
-        return None
-    return str(password) if password else None

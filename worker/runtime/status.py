@@ -11,11 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Conn, Database
 from worker.db.queries import q
+from worker.db.route_health import SuspectedRoute, read_suspected_routes
 from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
 from worker.runtime.migrate import index_states
 
@@ -48,22 +46,6 @@ class DeadLetterStatus:
     status: str
     count: int
     oldest_age_seconds: float | None
-
-
-@dataclass(frozen=True)
-class SuspectedRoute:
-    """A row of ``cleanup_worker_route_health``, as ``status`` and ``check-config`` show it."""
-
-    backend: str
-    tenant_id: str  # '' for the backend's shared route
-    fingerprint: str
-    distinct_not_found: int
-    suspected_for_seconds: float
-    updated_by: str | None
-
-    def describe(self) -> str:
-        owner = f" (tenant {self.tenant_id})" if self.tenant_id else ""
-        return f"{self.backend}{owner}"
 
 
 @dataclass(frozen=True)
@@ -150,11 +132,6 @@ async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any
     return await cur.fetchall()
 
 
-async def read_suspected_routes(conn: Conn) -> list[SuspectedRoute]:
-    """Provider routes whose not-founds do not count as deleted (SPEC §13 route suspicion)."""
-    return [SuspectedRoute(*row) for row in await _rows(conn, "suspected_routes", {})]
-
-
 def backlog_snapshot(status: Status) -> BacklogSnapshot:
     """The gauge values of a status read (dead letters: the unresolved ones, by queue kind)."""
     queues = sorted({p.queue for p in status.partitions})
@@ -188,7 +165,6 @@ async def refresh_backlog(
     pool: AsyncConnectionPool, metrics: Metrics, queues: Sequence[str]
 ) -> None:
     """Read the backlog and set every backlog gauge (the daemon does this periodically)."""
-    with translate_errors():
-        async with pool.connection() as conn:
-            status = await read_status(conn, queues, all_attachments=False)
+    async with Database(pool).connection() as conn:
+        status = await read_status(conn, queues, all_attachments=False)
     metrics.set_backlog(backlog_snapshot(status))
