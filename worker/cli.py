@@ -568,7 +568,7 @@ def receipts_cmd(
     attachment, route, HTTP status, outcome (deleted / already_gone), the provider's
     x-request-id, time and worker id; newest first. Kept audit.receipt_retention_days.
     """
-    from worker.runtime.receipts import ReceiptFilter, list_receipts
+    from worker.db.receipts import ReceiptFilter, list_receipts
     from worker.runtime.timespec import parse_since
 
     when = parse_since(since, option="--since") if since is not None else None

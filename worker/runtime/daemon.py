@@ -33,12 +33,12 @@ import structlog
 
 from worker.db import Database
 from worker.db.queries import q
+from worker.db.receipts import prune_receipts
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
 from worker.observability.metrics import Metrics
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
-from worker.runtime.receipts import prune_receipts
 from worker.runtime.reconcile import refresh_leak_gauge
 from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
