@@ -1,16 +1,20 @@
-"""Migration bookkeeping the driver must see: concurrent index builds and their races.
+"""The migrations repository: ``cleanup_worker_migrations`` (which DDL files were applied),
+the migration lock, the catalog's view of the app indexes, and one concurrent index build.
 
-``runtime.migrate`` decides what to build and when (the catalog is the coordination); this
-runs one build and says how it ended, so that psycopg's exceptions stay in ``worker.db``.
+``runtime.migrate`` decides what to apply and build, and when (the catalog is the
+coordination); this owns the statements (``sql/queries/migrate.sql``) and says how a build
+ended, so that psycopg's exceptions stay in ``worker.db``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
 from worker.db.pool import Conn
+from worker.db.queries import q
 from worker.errors import SchemaError
 
 # Another replica began the same build (the name) or one on the same table (a deadlock, which
@@ -41,3 +45,34 @@ async def build_concurrently(conn: Conn, statements: Sequence[bytes], *, what: s
             "build it (docs/deploy.md)"
         ) from None
     return True
+
+
+async def lock_and_create_table(conn: Conn) -> None:
+    """Inside the caller's transaction: take the migration lock (one replica migrates at a
+    time) and create the bookkeeping table if it is missing."""
+    await conn.execute(q("lock_migrations"))
+    await conn.execute(q("create_migrations_table"))
+
+
+async def applied(conn: Conn) -> dict[str, str]:
+    """Name -> checksum of every file applied so far; empty before the first migrate."""
+    cur = await conn.execute(q("migrations_table_exists"))
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        return {}
+    cur = await conn.execute(q("applied_migrations"))
+    return {name: checksum for name, checksum in await cur.fetchall()}
+
+
+async def record(conn: Conn, name: str, checksum: str) -> None:
+    await conn.execute(q("record_migration"), {"name": name, "checksum": checksum})
+
+
+async def app_index_states(
+    conn: Conn, names: Sequence[str], tables: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """Per index (in the order given): name, table present, may build (owns the table),
+    present, valid, being built by another session."""
+    params = {"names": list(names), "tables": list(tables)}
+    cur = await conn.execute(q("app_index_states"), params)
+    return await cur.fetchall()

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.db import Database
-from worker.db.queries import q
+from worker.db import Database, backlog
 from worker.db.receipts import prune_receipts
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
@@ -285,9 +284,7 @@ class Daemon:
             async with Database(self.app.pool).connection(
                 timeout=READINESS_DB_TIMEOUT_SECONDS
             ) as conn:
-                cur = await conn.execute(q("transaction_read_only"))
-                row = await cur.fetchone()
-                if row and row[0] == "on":
+                if await backlog.is_read_only(conn):
                     return False, READ_ONLY
                 missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:

@@ -10,10 +10,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from worker.db import Database
-from worker.db.queries import q
+from worker.db import Database, backlog
 from worker.outbox.engine import RoundReport
 from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
@@ -207,16 +207,11 @@ async def _status(app: App, queues: Sequence[str]) -> Status:
         return await read_status(conn, queues, all_attachments=False)
 
 
-async def _database_now(app: App) -> Any:
+async def _database_now(app: App) -> datetime:
     async with Database(app.pool).connection() as conn:
-        cur = await conn.execute(q("database_now"))
-        row = await cur.fetchone()
-        assert row is not None
-        return row[0]
+        return await backlog.database_now(conn)
 
 
-async def _failed_since(app: App, since: Any) -> int:
+async def _failed_since(app: App, since: datetime) -> int:
     async with Database(app.pool).connection() as conn:
-        cur = await conn.execute(q("attachments_failed_since"), {"since": since})
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await backlog.attachments_failed_since(conn, since)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from functools import cache
 
 from worker.config import QueueConfig
-from worker.db import Conn
+from worker.db import Conn, migrations
 from worker.db.migrations import build_concurrently
-from worker.db.queries import parse_queries, q, sql_dir
+from worker.db.queries import parse_queries, sql_dir
 from worker.outbox.queues import register_queue
 
 
@@ -137,16 +137,13 @@ async def _apply_files(
 ) -> tuple[str, ...]:
     applied: list[str] = []
     async with conn.transaction():
-        await conn.execute(q("lock_migrations"))
-        await conn.execute(q("create_migrations_table"))
-        done = await _applied(conn)
+        await migrations.lock_and_create_table(conn)
+        done = await migrations.applied(conn)
         for migration in migration_files(with_app_schema=with_app_schema):
             if done.get(migration.name) == migration.checksum:
                 continue
             await conn.execute(migration.text.encode())
-            await conn.execute(
-                q("record_migration"), {"name": migration.name, "checksum": migration.checksum}
-            )
+            await migrations.record(conn, migration.name, migration.checksum)
             applied.append(migration.name)
         for queue in queues:
             await register_queue(conn, queue.name, queue.partitions)
@@ -156,9 +153,8 @@ async def _apply_files(
 async def index_states(conn: Conn) -> list[IndexState]:
     """The catalog's view of every app index, in ``sql/app_indexes`` order."""
     indexes = app_indexes()
-    params = {"names": [i.name for i in indexes], "tables": [i.table for i in indexes]}
-    cur = await conn.execute(q("app_index_states"), params)
-    rows = await cur.fetchall()
+    names, tables = [i.name for i in indexes], [i.table for i in indexes]
+    rows = await migrations.app_index_states(conn, names, tables)
     states = []
     for index, (_, table, may_build, present, valid, building) in zip(indexes, rows, strict=True):
         states.append(
@@ -205,14 +201,7 @@ async def _state(conn: Conn, index: AppIndex) -> IndexState:
 
 async def pending_migrations(conn: Conn) -> list[str]:
     """Schema files not applied (or changed since): non-empty means not ready."""
-    cur = await conn.execute(q("migrations_table_exists"))
-    row = await cur.fetchone()
-    done = await _applied(conn) if row and row[0] else {}
+    done = await migrations.applied(conn)
     return [
         m.name for m in migration_files(with_app_schema=False) if done.get(m.name) != m.checksum
     ]
-
-
-async def _applied(conn: Conn) -> dict[str, str]:
-    cur = await conn.execute(q("applied_migrations"))
-    return {name: checksum for name, checksum in await cur.fetchall()}

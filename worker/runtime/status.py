@@ -9,53 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from uuid import UUID
 
-from worker.db import AsyncConnectionPool, Conn, Database
-from worker.db.queries import q
+from worker.db import AsyncConnectionPool, Conn, Database, backlog
+from worker.db.backlog import DeadLetterStatus, PartitionStatus, RetryStatus, TenantStatus
 from worker.db.route_health import SuspectedRoute, read_suspected_routes
 from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
 from worker.runtime.migrate import index_states
-
-
-@dataclass(frozen=True)
-class PartitionStatus:
-    queue: str
-    partition: int
-    messages: int  # outbox messages not yet processed (incoming + after the cursor)
-    oldest_age_seconds: float | None
-    processed_seq: int
-    attempts: int
-    last_error: str | None
-    leased_by: str | None
-    lease_expires_in_seconds: float | None
-
-
-@dataclass(frozen=True)
-class RetryStatus:
-    queue: str
-    due: int
-    parked: int
-    oldest_age_seconds: float | None
-    next_due_in_seconds: float | None  # the next parked (not yet due) one; None if none waits
-
-
-@dataclass(frozen=True)
-class DeadLetterStatus:
-    queue: str
-    status: str
-    count: int
-    oldest_age_seconds: float | None
-
-
-@dataclass(frozen=True)
-class TenantStatus:
-    """One tenant's cleanup left: attachment rows (not messages) and vector stores."""
-
-    tenant_id: UUID
-    attachments_pending: int
-    attachments_failed: int
-    vector_stores_left: int
 
 
 @dataclass(frozen=True)
@@ -101,21 +60,15 @@ async def read_status(
     ``all_attachments`` (the ``status`` command, not the gauges' hot loop) also counts done
     rows and reads the per-tenant view; ``with_indexes`` adds the chat-service indexes that are
     missing (the status command)."""
-    params = {"queues": list(queues)}
-    partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
-    retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
-    dead = [DeadLetterStatus(*row) for row in await _rows(conn, "dead_letter_backlog", params)]
-    counts = "attachment_status_counts" if all_attachments else "attachment_debt"
-    attachments = {status: int(n) for status, n in await _rows(conn, counts, {})}
-    vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
-    suspected = await read_suspected_routes(conn)
-    tenants = []
-    if all_attachments:
-        found = await _rows(conn, "tenant_backlog", {"limit": TOP_TENANTS})
-        tenants = [TenantStatus(*row) for row in found]
-    problems = await _index_problems(conn) if with_indexes else []
     return Status(
-        partitions, retries, dead, attachments, int(vector_stores), suspected, tenants, problems
+        partitions=await backlog.partitions(conn, queues),
+        retries=await backlog.retries(conn, queues),
+        dead_letters=await backlog.dead_letters(conn, queues),
+        attachments=await backlog.attachment_counts(conn, all_statuses=all_attachments),
+        outstanding_vector_stores=await backlog.outstanding_vector_stores(conn),
+        suspected_routes=await read_suspected_routes(conn),
+        top_tenants=await backlog.top_tenants(conn, TOP_TENANTS) if all_attachments else [],
+        index_problems=await _index_problems(conn) if with_indexes else [],
     )
 
 
@@ -125,11 +78,6 @@ async def _index_problems(conn: Conn) -> list[IndexProblem]:
         for s in await index_states(conn)
         if s.problem
     ]
-
-
-async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(q(name), params)
-    return await cur.fetchall()
 
 
 def backlog_snapshot(status: Status) -> BacklogSnapshot:
