@@ -9,15 +9,12 @@ every statement of the chat path, the live-file check of both paths, the debt ga
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterator
-from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
 
-from worker.db.queries import q
+from tests.explain import nodes, plan_of
 
 ROWS = 200_000
 PER_CHAT = 10
@@ -62,25 +59,11 @@ async def large(conn: psycopg.AsyncConnection) -> psycopg.AsyncConnection:
     return conn
 
 
-async def _plan(conn: psycopg.AsyncConnection, name: str, params: dict[str, Any]) -> dict:
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + q(name), params)
-    row = await cur.fetchone()
-    assert row is not None
-    plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-    return dict(plan[0]["Plan"])
-
-
-def _nodes(plan: dict) -> Iterator[dict]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
 def _attachment_access(plan: dict) -> tuple[list[str], list[str]]:
     """(sequential scans of attachments, indexes used)"""
-    seq = [n["Node Type"] for n in _nodes(plan)
+    seq = [n["Node Type"] for n in nodes(plan)
            if n.get("Relation Name") == "attachments" and n["Node Type"] == "Seq Scan"]  # fmt: skip
-    used = [n["Index Name"] for n in _nodes(plan) if "Index Name" in n]
+    used = [n["Index Name"] for n in nodes(plan) if "Index Name" in n]
     return seq, used
 
 
@@ -112,7 +95,7 @@ async def test_hot_statements_use_their_indexes_not_a_sequential_scan(
 ) -> None:
     problems = []
     for statement, wanted in HOT:
-        plan = await _plan(large, statement, PARAMS)
+        plan = await plan_of(large, statement, PARAMS)
         seq, used = _attachment_access(plan)
         if seq or not wanted & set(used):
             problems.append(f"{statement}: scans {seq}, indexes {used}, wants one of {wanted}")
