@@ -15,6 +15,7 @@ from uuid import UUID
 
 from worker.db.pool import Conn
 from worker.db.queries import q
+from worker.db.repair import ResetAttachment
 
 
 @dataclass(frozen=True)
@@ -41,16 +42,11 @@ class VectorStoreReference(NamedTuple):
     in_flight: bool  # deleted within the grace period: its cleanup may still be running
 
 
-class ResetAttachment(NamedTuple):
-    """A leaked file's row put back to pending: what its cleanup message carries."""
+class LeakedReset(NamedTuple):
+    """A leaked file's row put back to pending."""
 
-    attachment_id: UUID
-    tenant_id: UUID
-    chat_id: UUID
-    provider_file_id: str
-    storage_backend: str
-    attachment_kind: str
-    chat_deleted: bool  # the chat path owns the row
+    row: ResetAttachment
+    chat_deleted: bool  # the chat path owns the row: its chat message cleans it
 
 
 class LatestReport(NamedTuple):
@@ -77,10 +73,10 @@ async def vector_store_references(
     return [VectorStoreReference(*row) for row in await cur.fetchall()]
 
 
-async def reset_leaked_attachments(conn: Conn, attachment_ids: list[UUID]) -> list[ResetAttachment]:
+async def reset_leaked_attachments(conn: Conn, attachment_ids: list[UUID]) -> list[LeakedReset]:
     """Leaked rows back to pending with a fresh attempt budget, while still not live."""
     cur = await conn.execute(q("reconcile_reset_attachments"), {"attachment_ids": attachment_ids})
-    return [ResetAttachment(*row) for row in await cur.fetchall()]
+    return [LeakedReset(ResetAttachment(*row[:6]), row[6]) for row in await cur.fetchall()]
 
 
 async def deleted_chats(conn: Conn, chat_ids: list[UUID]) -> dict[UUID, UUID]:

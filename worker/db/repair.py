@@ -17,12 +17,13 @@ from worker.db.queries import q
 
 
 class ResetAttachment(NamedTuple):
-    """A failed row put back to pending: what its cleanup message carries."""
+    """A row put back to pending: what its attachment-cleanup message carries (the fields
+    are ``producer.enqueue_attachment_cleanup``'s keywords)."""
 
     attachment_id: UUID
     tenant_id: UUID
     chat_id: UUID
-    provider_file_id: str
+    provider_file_id: str | None
     storage_backend: str
     attachment_kind: str
 

@@ -316,22 +316,13 @@ async def apply_leaks(
     store_chats = [UUID(s["chat_id"]) for r in routes for s in r.leaked_vector_stores]
     async with Database(pool).transaction() as conn:
         reset = await repo.reset_leaked_attachments(conn, attachment_ids)
-        owned_by_chats = [r.chat_id for r in reset if r.chat_deleted]
+        owned_by_chats = [r.row.chat_id for r in reset if r.chat_deleted]
         chats = await repo.deleted_chats(conn, owned_by_chats + store_chats)
         for chat_id, tenant_id in chats.items():
             await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
-        singles = [r for r in reset if not r.chat_deleted]
-        for attachment_id, tenant_id, chat_id, file_id, backend, kind, _ in singles:
-            await enqueue_attachment_cleanup(
-                conn,
-                queues,
-                tenant_id=tenant_id,
-                chat_id=chat_id,
-                attachment_id=attachment_id,
-                provider_file_id=file_id,
-                storage_backend=backend,
-                attachment_kind=kind,
-            )
+        singles = [r.row for r in reset if not r.chat_deleted]
+        for row in singles:
+            await enqueue_attachment_cleanup(conn, queues, **row._asdict())
     skipped = sum(1 for f in leaked if f["misrouted"])
     return Applied(len(reset), len(chats), len(singles), skipped)
 

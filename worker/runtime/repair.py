@@ -72,17 +72,8 @@ async def retry_failed(conn: Conn, queues: Queues, *, chat_id: UUID | None) -> R
             row for row in reset if row.chat_id not in chats and row.chat_id not in triage.chats
             and row.attachment_id not in triage.attachments
         ]  # fmt: skip
-        for attachment_id, tenant, chat, file_id, backend, kind in orphans:
-            await enqueue_attachment_cleanup(
-                conn,
-                queues,
-                tenant_id=tenant,
-                chat_id=chat,
-                attachment_id=attachment_id,
-                provider_file_id=file_id,
-                storage_backend=backend,
-                attachment_kind=kind,
-            )
+        for row in orphans:
+            await enqueue_attachment_cleanup(conn, queues, **row._asdict())
     return RepairReport(
         attachments_reset=len(reset),
         chat_messages=len(chats),
