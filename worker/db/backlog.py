@@ -101,9 +101,3 @@ async def database_now(conn: Conn) -> datetime:
 async def attachments_failed_since(conn: Conn, since: datetime) -> int:
     rows = await _rows(conn, "attachments_failed_since", {"since": since})
     return int(rows[0][0]) if rows else 0
-
-
-async def is_read_only(conn: Conn) -> bool:
-    """The server refuses writes (a standby, or a failover in progress)."""
-    rows = await _rows(conn, "transaction_read_only", {})
-    return bool(rows) and rows[0][0] == "on"

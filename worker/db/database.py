@@ -16,6 +16,7 @@ from typing import TypeAlias
 import psycopg_pool
 
 from worker.db.pool import Conn, connect, missing_privilege_is_config, translate_errors
+from worker.db.queries import q
 
 AsyncConnectionPool: TypeAlias = psycopg_pool.AsyncConnectionPool
 """The pool type, for annotations above the data-access layer (built by ``pool.open_pool``)."""
@@ -74,6 +75,13 @@ async def open_connection(
     with translate_errors(), privileges:
         async with conn:
             yield conn
+
+
+async def is_read_only(conn: Conn) -> bool:
+    """The server refuses writes (a standby, or a failover in progress): not ready."""
+    cur = await conn.execute(q("transaction_read_only"))
+    row = await cur.fetchone()
+    return row is not None and row[0] == "on"
 
 
 async def check_reachable(dsn: str, *, timeout_seconds: float = 10.0) -> None:

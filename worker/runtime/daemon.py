@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.db import Database, backlog
+from worker.db import Database, is_read_only
 from worker.db.receipts import prune_receipts
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
@@ -284,7 +284,7 @@ class Daemon:
             async with Database(self.app.pool).connection(
                 timeout=READINESS_DB_TIMEOUT_SECONDS
             ) as conn:
-                if await backlog.is_read_only(conn):
+                if await is_read_only(conn):
                     return False, READ_ONLY
                 missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:
