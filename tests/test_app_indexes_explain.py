@@ -9,16 +9,13 @@ a sequential scan of `attachments`, on the index `sql/app_indexes` defines for i
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterator
-from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
 
+from tests.explain import nodes, plan_of
 from worker import render
-from worker.db.queries import q
 from worker.runtime.status import EXACT_HISTORY_ROWS, read_status
 
 ROWS = 200_000
@@ -64,25 +61,11 @@ async def large(conn: psycopg.AsyncConnection) -> psycopg.AsyncConnection:
     return conn
 
 
-async def _plan(conn: psycopg.AsyncConnection, name: str, params: dict[str, Any]) -> dict:
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + q(name), params)
-    row = await cur.fetchone()
-    assert row is not None
-    plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-    return dict(plan[0]["Plan"])
-
-
-def _nodes(plan: dict) -> Iterator[dict]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
 def _attachment_access(plan: dict) -> tuple[list[str], list[str]]:
     """(sequential scans of attachments, indexes used)"""
-    seq = [n["Node Type"] for n in _nodes(plan)
+    seq = [n["Node Type"] for n in nodes(plan)
            if n.get("Relation Name") == "attachments" and n["Node Type"] == "Seq Scan"]  # fmt: skip
-    used = [n["Index Name"] for n in _nodes(plan) if "Index Name" in n]
+    used = [n["Index Name"] for n in nodes(plan) if "Index Name" in n]
     return seq, used
 
 
@@ -139,7 +122,7 @@ async def test_hot_statements_use_their_indexes_not_a_sequential_scan(
     for statement, wanted, params in [(*h, PARAMS) for h in HOT] + [
         (*h, BATCH_PARAMS) for h in BATCH_HOT
     ]:
-        plan = await _plan(large, statement, params)
+        plan = await plan_of(large, statement, params)
         seq, used = _attachment_access(plan)
         if seq or not wanted & set(used):
             problems.append(f"{statement}: scans {seq}, indexes {used}, wants one of {wanted}")

@@ -26,12 +26,7 @@ import click
 
 from worker import __version__, render
 from worker.config import LOG_LEVELS, Config, load_config, redact_passwords
-from worker.db import Conn
-from worker.db.pool import (
-    connect,
-    missing_privilege_is_config,
-    translate_errors,
-)
+from worker.db import Conn, check_reachable, open_connection
 from worker.errors import (
     CleanupWorkerError,
     ConfigError,
@@ -185,14 +180,14 @@ def migrate(g: Globals, with_app_schema: bool, skip_app_indexes: bool) -> None:
     hint = "migrate needs a role that may create tables: set database.migrate_dsn (docs/deploy.md)"
 
     async def go() -> None:
-        async with await connect(db.migrate_dsn or db.dsn, key=key) as conn:
-            with translate_errors(), missing_privilege_is_config(key, hint):
-                report = await apply_migrations(
-                    conn,
-                    queues=config.outbox.queue_configs,
-                    with_app_schema=with_app_schema,
-                    build_app_indexes=not skip_app_indexes,
-                )
+        dsn = db.migrate_dsn or db.dsn
+        async with open_connection(dsn, key=key, missing_privilege_hint=hint) as conn:
+            report = await apply_migrations(
+                conn,
+                queues=config.outbox.queue_configs,
+                with_app_schema=with_app_schema,
+                build_app_indexes=not skip_app_indexes,
+            )
         applied = ", ".join(report.applied) or "nothing new"
         if skip_app_indexes:
             indexes = "skipped (check-config lists any missing)"
@@ -237,7 +232,7 @@ def run(g: Globals) -> int:
         # Refused credentials stop it at once (exit 2); an unreachable database does not: the
         # daemon starts, reports not-ready and waits for it.
         with contextlib.suppress(DatabaseUnavailable):
-            await (await connect(config.database.dsn, timeout_seconds=5)).close()
+            await check_reachable(config.database.dsn, timeout_seconds=5)
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.daemon import Daemon
 
@@ -295,7 +290,7 @@ def drain(
     queues = list(queue_names) or known
 
     async def go() -> int:
-        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        await check_reachable(config.database.dsn)  # unreachable: exit 3 at once
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.drain import drain as run_drain
 
@@ -331,11 +326,10 @@ def status(g: Globals, as_json: bool) -> None:
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                report = await read_status(
-                    conn, _queue_names(config), all_attachments=True, with_indexes=True
-                )
+        async with open_connection(config.database.dsn) as conn:
+            report = await read_status(
+                conn, _queue_names(config), all_attachments=True, with_indexes=True
+            )
         click.echo(
             json.dumps(report.as_json(), indent=2, sort_keys=True, default=str)
             if as_json
@@ -391,9 +385,8 @@ def dl_list(
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                rows = await dl.list_dead_letters(conn, dl.Filter(queue, status, ids, limit))
+        async with open_connection(config.database.dsn) as conn:
+            rows = await dl.list_dead_letters(conn, dl.Filter(queue, status, ids, limit))
         if as_json:
             _emit_json([render.dead_letter_json(row) for row in rows])
         else:
@@ -457,10 +450,9 @@ def dl_replay(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool, l
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                await _require_open_ids(conn, ids)
-                done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
+        async with open_connection(config.database.dsn) as conn:
+            await _require_open_ids(conn, ids)
+            done = await dl.replay(conn, dl.Filter(queue, None, ids, limit))
         click.echo(f"replayed {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
@@ -483,10 +475,9 @@ def dl_discard(g: Globals, queue: str | None, ids: tuple[int, ...], all_: bool) 
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                await _require_open_ids(conn, ids)
-                done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
+        async with open_connection(config.database.dsn) as conn:
+            await _require_open_ids(conn, ids)
+            done = await dl.discard(conn, dl.Filter(queue, None, ids, 100000))
         click.echo(f"discarded {len(done)} dead letter(s){render.id_list(done)}")
 
     _run(go())
@@ -522,9 +513,8 @@ def retry_failed(g: Globals, chat_id: UUID | None, all_: bool) -> None:
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                report = await run_retry_failed(conn, config.outbox.queues, chat_id=chat_id)
+        async with open_connection(config.database.dsn) as conn:
+            report = await run_retry_failed(conn, config.outbox.queues, chat_id=chat_id)
         click.echo(render.repair_report(report))
 
     _run(go())
@@ -572,18 +562,17 @@ def receipts_cmd(
     attachment, route, HTTP status, outcome (deleted / already_gone), the provider's
     x-request-id, time and worker id; newest first. Kept audit.receipt_retention_days.
     """
-    from worker.runtime.receipts import ReceiptFilter, list_receipts
+    from worker.db.receipts import ReceiptFilter, list_receipts
     from worker.runtime.timespec import parse_since
 
     when = parse_since(since, option="--since") if since is not None else None
     config = g.load()
 
     async def go() -> None:
-        async with await connect(config.database.dsn) as conn:
-            with translate_errors():
-                rows = await list_receipts(
-                    conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
-                )
+        async with open_connection(config.database.dsn) as conn:
+            rows = await list_receipts(
+                conn, ReceiptFilter(tenant_id, chat_id, attachment_id, when, limit)
+            )
         if as_json:
             _emit_json([row.as_json() for row in rows])
         else:
@@ -663,7 +652,7 @@ def reconcile_cmd(
     )
 
     async def go() -> int:
-        await (await connect(config.database.dsn)).close()  # unreachable: exit 3 at once
+        await check_reachable(config.database.dsn)  # unreachable: exit 3 at once
         from worker.runtime.app import open_app  # loads the provider SDK: only when needed
         from worker.runtime.reconcile import reconcile
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from worker.db.receipts import ReceiptRow
     from worker.outbox.dead_letters import DeadLetter
     from worker.runtime.drain import DrainProgress as DrainProgressState
     from worker.runtime.drain import DrainSummary
-    from worker.runtime.receipts import ReceiptRow
     from worker.runtime.reconcile import ReconcileReport
     from worker.runtime.repair import RepairReport
     from worker.runtime.status import Status

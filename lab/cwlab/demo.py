@@ -25,6 +25,7 @@ import psycopg
 
 from cwlab.fake_openai import FakeOpenAI, Fault
 from cwlab.postgres import start_postgres
+from cwlab.queries import lab_sql
 from worker.config import (
     BackendConfig,
     CircuitBreakerConfig,
@@ -55,15 +56,6 @@ KEY_ENV = {
 
 DEMO_DATABASE = "cleanup_worker_demo"
 
-# Relations in any schema but PostgreSQL's own: what an application (or an earlier demo) left.
-_RELATIONS_PRESENT = r"""
-SELECT count(*), min(format('%I.%I', n.nspname, c.relname))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-"""
-
 
 def start_demo_database(stack: contextlib.ExitStack, *, keep: bool) -> tuple[str, str]:
     """A throwaway server with a demo database; returns its DSN and, if kept, how to stop it."""
@@ -78,7 +70,7 @@ async def refuse_unless_empty(dsn: str) -> None:
     """The demo seeds fake tenants, chats and poison messages: into an empty scratch database
     only, never one that already holds an application's (or an earlier demo's) tables."""
     async with await connect(dsn) as conn:
-        cur = await conn.execute(_RELATIONS_PRESENT.encode())
+        cur = await conn.execute(lab_sql("relations_present"))
         row = await cur.fetchone()
     count, example = row if row else (0, None)
     if count:
@@ -226,9 +218,7 @@ def _inject_fault(fake: FakeOpenAI, file_id: str, rng: random.Random) -> str:
 async def _create_chat(conn: Conn, tenant: Tenant, user: UUID) -> UUID:
     chat = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO chats (id, tenant_id, user_id, model, title, created_at, updated_at)"
-        " VALUES (%s, %s, %s, 'gpt-4o', 'demo chat', now(), now())",
-        (chat, tenant.id, user),
+        lab_sql("insert_chat"), {"id": chat, "tenant_id": tenant.id, "user_id": user}
     )
     return chat
 
@@ -243,22 +233,20 @@ async def _create_attachment(
     if file_id:
         fake.add_file(file_id)
     await conn.execute(
-        "INSERT INTO attachments (id, tenant_id, chat_id, uploaded_by_user_id, filename,"
-        " content_type, size_bytes, storage_backend, provider_file_id, status,"
-        " attachment_kind, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
-        (
-            attachment,
-            tenant.id,
-            chat,
-            user,
-            f"{kind}-{attachment.hex[:6]}",
-            "application/pdf" if kind == "document" else "image/png",
-            rng.randint(1_000, 5_000_000),
-            tenant.backend,
-            file_id,
-            "ready" if uploaded else "pending",
-            kind,
-        ),
+        lab_sql("insert_attachment"),
+        {
+            "id": attachment,
+            "tenant_id": tenant.id,
+            "chat_id": chat,
+            "user_id": user,
+            "filename": f"{kind}-{attachment.hex[:6]}",
+            "content_type": "application/pdf" if kind == "document" else "image/png",
+            "size_bytes": rng.randint(1_000, 5_000_000),
+            "storage_backend": tenant.backend,
+            "provider_file_id": file_id,
+            "status": "ready" if uploaded else "pending",
+            "attachment_kind": kind,
+        },
     )
     return attachment, file_id
 
@@ -267,9 +255,14 @@ async def _create_vector_store(conn: Conn, fake: FakeOpenAI, tenant: Tenant, cha
     store_id = f"vs_{uuid.uuid4().hex[:24]}"
     fake.add_vector_store(store_id)
     await conn.execute(
-        "INSERT INTO chat_vector_stores (id, tenant_id, chat_id, vector_store_id, provider,"
-        " created_at) VALUES (%s, %s, %s, %s, %s, now())",
-        (uuid.uuid4(), tenant.id, chat, store_id, tenant.backend),
+        lab_sql("insert_vector_store"),
+        {
+            "id": uuid.uuid4(),
+            "tenant_id": tenant.id,
+            "chat_id": chat,
+            "vector_store_id": store_id,
+            "provider": tenant.backend,
+        },
     )
 
 
@@ -300,23 +293,15 @@ async def read_summary(
     """The result, from the database and the server's request log only (stable snake_case
     keys, counts as numbers: ``demo --json`` prints it as it is)."""
     deleted_files = {r.resource_id for r in fake.deletes("file")}
-    cur = await conn.execute(
-        "SELECT tenant_id, provider_file_id, cleanup_status FROM attachments"
-        " WHERE cleanup_status IS NOT NULL"
-    )
+    cur = await conn.execute(lab_sql("attachment_outcomes"))
     counts: dict[UUID, Counter[str]] = {t.id: Counter() for t in world.tenants}
     for tenant_id, file_id, status in await cur.fetchall():
         tenant = counts.setdefault(tenant_id, Counter())
         tenant["files_deleted"] += file_id in deleted_files
         tenant[f"attachments_{status}"] += 1
-    cur = await conn.execute(
-        "SELECT count(*) FROM chat_vector_stores v JOIN chats c ON c.id = v.chat_id"
-        " WHERE c.deleted_at IS NOT NULL"
-    )
+    cur = await conn.execute(lab_sql("vector_stores_left"))
     row = await cur.fetchone()
-    cur = await conn.execute(
-        "SELECT d.last_error FROM modkit_outbox_dead_letters d WHERE d.status = 'pending'"
-    )
+    cur = await conn.execute(lab_sql("pending_dead_letter_errors"))
     reasons = Counter(reason_class(row[0] or "") for row in await cur.fetchall())
     answers = Counter(_answer_class(r.status) for r in fake.requests() if r.resource != "other")
     return {

@@ -16,8 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from cwlab.fake_openai import Fault
 from worker.db import Conn
+from worker.db.receipts import ReceiptFilter, list_receipts, prune_receipts
 from worker.models import Ok, Retry
-from worker.runtime.receipts import ReceiptFilter, list_receipts, prune_receipts
 
 RECEIPTS = "SELECT * FROM cleanup_worker_receipts ORDER BY id"
 

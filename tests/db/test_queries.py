@@ -96,3 +96,14 @@ def test_every_query_is_used() -> None:
     helper that calls q(), as route_health and the repositories do)."""
     unused = sorted(set(queries()) - _string_literals())
     assert not unused
+
+
+def test_the_lab_keeps_its_own_statements_each_named_documented_and_used() -> None:
+    """The demo's SQL lives in lab/cwlab/sql (the product never reads it), in the same format."""
+    lab = {}
+    for path in sorted((ROOT / "lab" / "cwlab" / "sql").glob("*.sql")):
+        lab.update(parse_queries(path.read_text()))
+    assert lab, "the lab's statements were found"
+    assert not sorted(name for name, query in lab.items() if not query.doc)
+    assert not sorted(set(lab) - _string_literals())
+    assert not sorted(set(lab) & set(queries())), "a lab name shadows a product query"

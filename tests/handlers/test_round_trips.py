@@ -62,8 +62,11 @@ class RecordingPool:
         self.statements: list[str] = []
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[_RecordingConnection]:
-        async with self._pool.connection() as conn:
+    async def connection(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (the pool's signature)
+    ) -> AsyncIterator[_RecordingConnection]:
+        async with self._pool.connection(timeout=timeout) as conn:
             yield _RecordingConnection(conn, self.statements, self._after)
 
 

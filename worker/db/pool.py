@@ -7,14 +7,16 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import psycopg
 import psycopg_pool
+from psycopg.rows import TupleRow
 
 from worker.config import redact_passwords
-from worker.db import Conn
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
+
+Conn: TypeAlias = psycopg.AsyncConnection[TupleRow]
 
 # "The database is not usable right now": back off and retry, it will pass (or page someone
 # through CleanupWorkerDatabaseDown). By SQLSTATE class, plus single codes of other classes.
@@ -82,6 +84,16 @@ def missing_privilege_is_config(key: str, hint: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password a DSN carries, to register with the log redactor; None without one, or when
+    libpq cannot parse the DSN (``load_config`` rejects those; masked by pattern anyway)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(password) if password else None
 
 
 def connection_kwargs() -> dict[str, Any]:

@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
+from worker.db import AsyncConnectionPool, Database
 from worker.db.batching import Batcher
-from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.handlers.payloads import AttachmentDeleted
 
@@ -109,7 +107,7 @@ class CleanupRepository:
     """
 
     def __init__(self, pool: AsyncConnectionPool, *, worker_id: str | None = None):
-        self._pool = pool
+        self._db = Database(pool)
         self._worker_id = worker_id or default_worker_id()
         self._takes = Batcher(self._take_batch, key=lambda event: event.attachment_id)
         self._marks = Batcher(self._mark_done_batch, key=lambda call: call.attachment_id)
@@ -119,16 +117,14 @@ class CleanupRepository:
         return {**fields, "worker_id": self._worker_id}
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        with translate_errors():
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(q(query), params)
-                return await cur.fetchall() if cur.description else []
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q(query), params)
+            return await cur.fetchall() if cur.description else []
 
     async def _count(self, query: str, params: dict[str, Any]) -> int:
-        with translate_errors():
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(q(query), params)
-                return cur.rowcount
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q(query), params)
+            return cur.rowcount
 
     async def chat_is_deleted(self, chat_id: UUID) -> bool:
         rows = await self._rows("chat_is_deleted", {"chat_id": chat_id})

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg.rows import class_row
-
 from worker.db import Conn
 from worker.db.queries import q
 
@@ -52,9 +50,8 @@ class Filter:
 
 
 async def list_dead_letters(conn: Conn, where: Filter) -> list[DeadLetter]:
-    async with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
-        await cur.execute(q("list_dead_letters"), where.params())
-        return await cur.fetchall()
+    cur = await conn.execute(q("list_dead_letters"), where.params())
+    return [DeadLetter(*row) for row in await cur.fetchall()]
 
 
 async def replay(conn: Conn, where: Filter) -> list[int]:

@@ -15,9 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from psycopg_pool import AsyncConnectionPool
-
 from worker.config import OutboxConfig
+from worker.db import AsyncConnectionPool
 from worker.models import Handler, Reject
 from worker.outbox import processor, retrier
 from worker.outbox.capacity import Capacity

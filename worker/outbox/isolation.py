@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Database
 from worker.db.queries import q
 from worker.errors import DatabaseUnavailable
 from worker.models import Reject, Retry, RetryReason
@@ -88,16 +87,14 @@ async def _run_one_alone(
 async def _started(pool: AsyncConnectionPool, envelope: Envelope) -> int:
     """Record that handling starts; how often it started before without finishing."""
     params = {"partition_id": envelope.partition_id, "seq": envelope.message.seq}
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("delivery_started"), params)
-            row = await cur.fetchone()
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("delivery_started"), params)
+        row = await cur.fetchone()
     assert row is not None  # an upsert ... RETURNING of one row
     return int(row[0])
 
 
 async def _finished(pool: AsyncConnectionPool, envelope: Envelope) -> None:
     params = {"partition_id": envelope.partition_id, "seq": envelope.message.seq}
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("delivery_finished"), params)
+    async with Database(pool).connection() as conn:
+        await conn.execute(q("delivery_finished"), params)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
+from worker.db import AsyncConnectionPool
 from worker.db.pool import translate_errors
 from worker.db.queries import q
 from worker.models import Message, Ok

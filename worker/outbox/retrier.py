@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Database
 from worker.db.queries import q
 from worker.models import Message
 from worker.outbox.delivery import Envelope, Settled, outcome_params
@@ -31,10 +29,9 @@ async def lease_due_retries(
         "lease_seconds": lease_seconds,
         "limit": limit,
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("lease_due_retries"), params)
-            rows = await cur.fetchall()
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("lease_due_retries"), params)
+        rows = await cur.fetchall()
     return [
         Envelope(
             Message(queue, partition, seq, bytes(payload), payload_type, created_at, deliveries),
@@ -74,10 +71,9 @@ async def extend_retry_leases(
 ) -> set[int]:
     """Heartbeat leased retry rows; returns the ids these acquisitions still hold."""
     params = {**_held(envelopes), "lease_seconds": lease_seconds}
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("extend_retry_leases"), params)
-            return {row[0] for row in await cur.fetchall()}
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("extend_retry_leases"), params)
+        return {row[0] for row in await cur.fetchall()}
 
 
 async def ack_retries(pool: AsyncConnectionPool, settled: Sequence[Settled]) -> set[int | None]:
@@ -87,11 +83,10 @@ async def ack_retries(pool: AsyncConnectionPool, settled: Sequence[Settled]) -> 
     makes that hold even when this process has leased the same row again since.
     """
     held_rows = _held([s.handled.envelope for s in settled])
-    with translate_errors():
-        async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(q("lock_own_retries"), held_rows)
-            held: set[int | None] = {row[0] for row in await cur.fetchall()}
-            mine = [s for s in settled if s.handled.envelope.retry_id in held]
-            if mine:
-                await conn.execute(q("record_outcomes"), outcome_params(mine))
+    async with Database(pool).transaction() as conn:
+        cur = await conn.execute(q("lock_own_retries"), held_rows)
+        held: set[int | None] = {row[0] for row in await cur.fetchall()}
+        mine = [s for s in settled if s.handled.envelope.retry_id in held]
+        if mine:
+            await conn.execute(q("record_outcomes"), outcome_params(mine))
     return held

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
 from worker.config import Config
+from worker.db import AsyncConnectionPool
 from worker.db.pool import open_pool
 from worker.handlers.attachment import AttachmentCleanupHandler
 from worker.handlers.chat import ChatCleanupHandler

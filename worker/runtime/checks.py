@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from worker.config import BackendConfig, Config, KeyUnavailable, TenantOverride, redact_passwords
-from worker.db.pool import connect, translate_errors
+from worker.db import open_connection
+from worker.db.route_health import SuspectedRoute, read_suspected_routes
 from worker.errors import CleanupWorkerError, DatabaseUnavailable
 from worker.runtime.migrate import IndexState, index_states, pending_migrations
-from worker.runtime.status import SuspectedRoute, read_suspected_routes
 
 
 @dataclass
@@ -50,13 +50,11 @@ async def _check_database(config: Config, report: CheckReport) -> None:
     where = redact_passwords(config.database.dsn)
     suspected: list[SuspectedRoute] = []
     try:
-        conn = await connect(config.database.dsn, timeout_seconds=5)
-        async with conn:
-            with translate_errors():
-                missing = await pending_migrations(conn)
-                indexes = await index_states(conn)
-                if not missing:
-                    suspected = await read_suspected_routes(conn)
+        async with open_connection(config.database.dsn, timeout_seconds=5) as conn:
+            missing = await pending_migrations(conn)
+            indexes = await index_states(conn)
+            if not missing:
+                suspected = await read_suspected_routes(conn)
     except CleanupWorkerError as exc:
         report.database_reachable = not isinstance(exc, DatabaseUnavailable)
         report.add(False, f"database {where}: {exc}")

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.db.pool import translate_errors
-from worker.db.queries import q
+from worker.db import Database, is_read_only
+from worker.db.receipts import prune_receipts
 from worker.errors import ConfigError, DatabaseUnavailable, SchemaError
 from worker.observability.http import HealthServer
 from worker.observability.metrics import Metrics
 from worker.runtime.app import App
 from worker.runtime.migrate import pending_migrations
-from worker.runtime.receipts import prune_receipts
 from worker.runtime.reconcile import refresh_leak_gauge
 from worker.runtime.repair import resolve_finished_dead_letters_of
 from worker.runtime.reporting import record_round
@@ -282,13 +281,12 @@ class Daemon:
         if self.stopping.is_set():
             return False, "shutting down"
         try:
-            with translate_errors():
-                async with self.app.pool.connection(timeout=READINESS_DB_TIMEOUT_SECONDS) as conn:
-                    cur = await conn.execute(q("transaction_read_only"))
-                    row = await cur.fetchone()
-                    if row and row[0] == "on":
-                        return False, READ_ONLY
-                    missing = await pending_migrations(conn)
+            async with Database(self.app.pool).connection(
+                timeout=READINESS_DB_TIMEOUT_SECONDS
+            ) as conn:
+                if await is_read_only(conn):
+                    return False, READ_ONLY
+                missing = await pending_migrations(conn)
         except DatabaseUnavailable as exc:
             return False, str(exc)
         if missing:

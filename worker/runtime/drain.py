@@ -10,10 +10,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from worker.db.pool import translate_errors
-from worker.db.queries import q
+from worker.db import Database, backlog
 from worker.models import Ok, Reject, Retry
 from worker.outbox.engine import RoundReport
 from worker.runtime.repair import resolve_finished_dead_letters_of
@@ -204,23 +204,15 @@ def _wait_for_next_due(status: Status) -> float:
 
 
 async def _status(app: App, queues: Sequence[str]) -> Status:
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            return await read_status(conn, queues, all_attachments=False)
+    async with Database(app.pool).connection() as conn:
+        return await read_status(conn, queues, all_attachments=False)
 
 
-async def _database_now(app: App) -> Any:
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            cur = await conn.execute(q("database_now"))
-            row = await cur.fetchone()
-            assert row is not None
-            return row[0]
+async def _database_now(app: App) -> datetime:
+    async with Database(app.pool).connection() as conn:
+        return await backlog.database_now(conn)
 
 
-async def _failed_since(app: App, since: Any) -> int:
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            cur = await conn.execute(q("attachments_failed_since"), {"since": since})
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
+async def _failed_since(app: App, since: datetime) -> int:
+    async with Database(app.pool).connection() as conn:
+        return await backlog.attachments_failed_since(conn, since)

@@ -24,13 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-import psycopg
-from psycopg.rows import dict_row
-
 from worker.config import QueueConfig
-from worker.db import Conn
-from worker.db.queries import parse_queries, q, sql_dir
-from worker.errors import SchemaError
+from worker.db import Conn, migrations
+from worker.db.migrations import build_concurrently
+from worker.db.queries import parse_queries, sql_dir
 from worker.outbox.queues import register_queue
 
 
@@ -90,13 +87,6 @@ class IndexState:
 
 
 _TABLE = re.compile(r"\bON\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
-# Another replica began the same build (the name) or one on the same table (a deadlock, which
-# PostgreSQL resolves by failing one of the two) at the same moment.
-_LOST_RACE = (
-    psycopg.errors.UniqueViolation,
-    psycopg.errors.DuplicateTable,
-    psycopg.errors.DeadlockDetected,
-)
 # How often a replica looks again at an index another session is building.
 BUILD_POLL_SECONDS = 0.5
 
@@ -147,16 +137,13 @@ async def _apply_files(
 ) -> tuple[str, ...]:
     applied: list[str] = []
     async with conn.transaction():
-        await conn.execute(q("lock_migrations"))
-        await conn.execute(q("create_migrations_table"))
-        done = await _applied(conn)
+        await migrations.lock_and_create_table(conn)
+        done = await migrations.applied(conn)
         for migration in migration_files(with_app_schema=with_app_schema):
             if done.get(migration.name) == migration.checksum:
                 continue
             await conn.execute(migration.text.encode())
-            await conn.execute(
-                q("record_migration"), {"name": migration.name, "checksum": migration.checksum}
-            )
+            await migrations.record(conn, migration.name, migration.checksum)
             applied.append(migration.name)
         for queue in queues:
             await register_queue(conn, queue.name, queue.partitions)
@@ -166,9 +153,8 @@ async def _apply_files(
 async def index_states(conn: Conn) -> list[IndexState]:
     """The catalog's view of every app index, in ``sql/app_indexes`` order."""
     indexes = app_indexes()
-    params = {"names": [i.name for i in indexes], "tables": [i.table for i in indexes]}
-    cur = await conn.execute(q("app_index_states"), params)
-    rows = await cur.fetchall()
+    names, tables = [i.name for i in indexes], [i.table for i in indexes]
+    rows = await migrations.app_index_states(conn, names, tables)
     states = []
     for index, (_, table, may_build, present, valid, building) in zip(indexes, rows, strict=True):
         states.append(
@@ -200,18 +186,12 @@ async def _ensure_index(conn: Conn, index: AppIndex) -> bool:
         if state.building:  # another session builds on this table: wait (or the two deadlock)
             await asyncio.sleep(BUILD_POLL_SECONDS)
             continue
-        try:
-            if state.present:  # INVALID and nobody builds: an interrupted build's leftover
-                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
-            await conn.execute(index.create.encode())
-        except _LOST_RACE:
+        statements = [index.create.encode()]
+        if state.present:  # INVALID and nobody builds: an interrupted build's leftover
+            statements.insert(0, f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
+        what = f"index {index.name} on {index.table}"
+        if not await build_concurrently(conn, statements, what=what):
             continue  # another replica started at the same moment: look again
-        except psycopg.errors.QueryCanceled as exc:
-            raise SchemaError(
-                f"building index {index.name} on {index.table} was canceled "
-                f"({str(exc).strip().splitlines()[0]}); the next migrate builds it again: give "
-                "migrate's role no statement_timeout, or let a DBA build it (docs/deploy.md)"
-            ) from None
         built = True
 
 
@@ -221,15 +201,7 @@ async def _state(conn: Conn, index: AppIndex) -> IndexState:
 
 async def pending_migrations(conn: Conn) -> list[str]:
     """Schema files not applied (or changed since): non-empty means not ready."""
-    cur = await conn.execute(q("migrations_table_exists"))
-    row = await cur.fetchone()
-    done = await _applied(conn) if row and row[0] else {}
+    done = await migrations.applied(conn)
     return [
         m.name for m in migration_files(with_app_schema=False) if done.get(m.name) != m.checksum
     ]
-
-
-async def _applied(conn: Conn) -> dict[str, str]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q("applied_migrations"))
-        return {row["name"]: row["checksum"] for row in await cur.fetchall()}

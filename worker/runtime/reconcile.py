@@ -31,11 +31,10 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
-from worker.db.queries import q
+from worker.db import AsyncConnectionPool, Database
+from worker.db import reconcile as repo
+from worker.db.receipts import insert_receipt
+from worker.db.reconcile import FileReference
 from worker.handlers.repository import default_worker_id
 from worker.observability.metrics import Metrics
 from worker.producer import Queues, enqueue_attachment_cleanup, enqueue_chat_cleanup
@@ -56,19 +55,6 @@ class ReconcileOptions:
     grace: timedelta = timedelta(hours=24)
     delete_unreferenced_older_than: timedelta | None = None
     page_size: int | None = None  # None: the API's largest page
-
-
-@dataclass(frozen=True)
-class _FileRow:
-    file_id: str
-    attachment_id: UUID
-    tenant_id: UUID
-    chat_id: UUID
-    backend: str
-    cleanup_status: str | None
-    live: bool
-    chat_deleted: bool
-    in_flight: bool
 
 
 @dataclass
@@ -243,7 +229,7 @@ async def _classify_files(
     rows = await _file_rows(pool, [o.id for o in page], grace_seconds)
     if found.tenant_only is not None:
         rows = [r for r in rows if r.tenant_id == found.tenant_only]
-    by_file: dict[str, list[_FileRow]] = {}
+    by_file: dict[str, list[FileReference]] = {}
     for row in rows:
         by_file.setdefault(row.file_id, []).append(row)
     young_before = time.time() - grace_seconds
@@ -267,7 +253,7 @@ async def _classify_files(
 
 
 def _leaked_file(
-    gateway: ProviderGateway, route: Route, obj: ListedObject, refs: list[_FileRow]
+    gateway: ProviderGateway, route: Route, obj: ListedObject, refs: list[FileReference]
 ) -> dict[str, Any]:
     """One leaked file, with its rows and whether their cleanup would reach this account."""
     misrouted = any(_routes_elsewhere(gateway, route, r) for r in refs)
@@ -283,7 +269,7 @@ def _leaked_file(
     }
 
 
-def _routes_elsewhere(gateway: ProviderGateway, route: Route, row: _FileRow) -> bool:
+def _routes_elsewhere(gateway: ProviderGateway, route: Route, row: FileReference) -> bool:
     resolved = gateway.route(row.tenant_id, row.backend)
     return isinstance(resolved, Transient) or resolved.route_id != route.route_id
 
@@ -291,42 +277,34 @@ def _routes_elsewhere(gateway: ProviderGateway, route: Route, row: _FileRow) -> 
 async def _classify_vector_stores(
     pool: AsyncConnectionPool, found: RouteReport, page: list[ListedObject], grace_seconds: float
 ) -> None:
-    params = {"vector_store_ids": [o.id for o in page], "grace_seconds": grace_seconds}
-    rows = await _fetch(pool, "vector_store_references", params)
-    by_store = {row[0]: row for row in rows}
+    async with Database(pool).connection() as conn:
+        rows = await repo.vector_store_references(conn, [o.id for o in page], grace_seconds)
+    by_store = {row.vector_store_id: row for row in rows}
     young_before = time.time() - grace_seconds
     for obj in page:
         row = by_store.get(obj.id)
-        if found.tenant_only is not None and (row is None or row[2] != found.tenant_only):
+        if found.tenant_only is not None and (row is None or row.tenant_id != found.tenant_only):
             continue
         if obj.created_at > young_before:
             found.young_vector_stores += 1
         elif row is None:
             found.unreferenced_vector_stores += 1
-        elif not row[4]:
+        elif not row.chat_deleted:
             found.live_vector_stores += 1
-        elif row[5]:
+        elif row.in_flight:
             found.in_cleanup_vector_stores += 1
         else:
-            _, chat_id, tenant_id, _provider, _deleted, _in_flight = row
             found.leaked_vector_stores.append(
                 {"vector_store_id": obj.id, "created_at": obj.created_at,
-                 "chat_id": str(chat_id), "tenant_id": str(tenant_id)}
+                 "chat_id": str(row.chat_id), "tenant_id": str(row.tenant_id)}
             )  # fmt: skip
 
 
 async def _file_rows(
     pool: AsyncConnectionPool, file_ids: list[str], grace_seconds: float
-) -> list[_FileRow]:
-    params = {"file_ids": file_ids, "grace_seconds": grace_seconds}
-    return [_FileRow(*row) for row in await _fetch(pool, "file_references", params)]
-
-
-async def _fetch(pool: AsyncConnectionPool, query: str, params: dict[str, Any]) -> list[Any]:
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q(query), params)
-            return await cur.fetchall()
+) -> list[FileReference]:
+    async with Database(pool).connection() as conn:
+        return await repo.file_references(conn, file_ids, grace_seconds)
 
 
 async def apply_leaks(
@@ -336,35 +314,17 @@ async def apply_leaks(
     leaked = [f for r in routes for f in r.leaked_files]
     attachment_ids = [UUID(a) for f in leaked if not f["misrouted"] for a in f["attachment_ids"]]
     store_chats = [UUID(s["chat_id"]) for r in routes for s in r.leaked_vector_stores]
-    with translate_errors():
-        async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                q("reconcile_reset_attachments"), {"attachment_ids": attachment_ids}
-            )
-            reset = await cur.fetchall()
-            chats = await _deleted_chats(conn, [r[2] for r in reset if r[6]] + store_chats)
-            for chat_id, tenant_id in chats.items():
-                await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
-            singles = [r for r in reset if not r[6]]
-            for attachment_id, tenant_id, chat_id, file_id, backend, kind, _ in singles:
-                await enqueue_attachment_cleanup(
-                    conn,
-                    queues,
-                    tenant_id=tenant_id,
-                    chat_id=chat_id,
-                    attachment_id=attachment_id,
-                    provider_file_id=file_id,
-                    storage_backend=backend,
-                    attachment_kind=kind,
-                )
+    async with Database(pool).transaction() as conn:
+        reset = await repo.reset_leaked_attachments(conn, attachment_ids)
+        owned_by_chats = [r.row.chat_id for r in reset if r.chat_deleted]
+        chats = await repo.deleted_chats(conn, owned_by_chats + store_chats)
+        for chat_id, tenant_id in chats.items():
+            await enqueue_chat_cleanup(conn, queues, tenant_id=tenant_id, chat_id=chat_id)
+        singles = [r.row for r in reset if not r.chat_deleted]
+        for row in singles:
+            await enqueue_attachment_cleanup(conn, queues, **row._asdict())
     skipped = sum(1 for f in leaked if f["misrouted"])
     return Applied(len(reset), len(chats), len(singles), skipped)
-
-
-async def _deleted_chats(conn: Conn, chat_ids: list[UUID]) -> dict[UUID, UUID]:
-    """chat id -> tenant id of those (still) soft-deleted, each once."""
-    cur = await conn.execute(q("deleted_chats_of"), {"chat_ids": sorted(set(chat_ids))})
-    return {row[0]: row[1] for row in await cur.fetchall()}
 
 
 async def delete_unreferenced(
@@ -412,9 +372,8 @@ async def _insert_receipt(
         "request_id": result.request_id,
         "worker_id": f"reconcile-{default_worker_id()}",
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("insert_receipt"), params)
+    async with Database(pool).connection() as conn:
+        await insert_receipt(conn, params)
 
 
 async def record_report(pool: AsyncConnectionPool, report: ReconcileReport) -> None:
@@ -427,17 +386,22 @@ async def record_report(pool: AsyncConnectionPool, report: ReconcileReport) -> N
         "applied": report.applied is not None,
         "report": json.dumps(report.as_json()),
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("record_reconcile_report"), params)
+    async with Database(pool).connection() as conn:
+        await repo.record_report(conn, params)
 
 
 async def refresh_leak_gauge(pool: AsyncConnectionPool, metrics: Metrics) -> None:
     """Show the newest reconcile report in the leak gauges (the daemon does this with the
     backlog refresh; nothing changes while reconcile never ran)."""
-    rows = await _fetch(pool, "latest_reconcile_report", {})
-    if not rows:
+    async with Database(pool).connection() as conn:
+        latest = await repo.latest_report(conn)
+    if latest is None:
         return
-    files, stores, unreferenced, routes_failed, finished_at = rows[0]
-    leaks = {"file": files, "vector_store": stores, "unreferenced_file": unreferenced}
-    metrics.set_reconcile_report(leaks, routes_failed=routes_failed, finished_at=finished_at)
+    leaks = {
+        "file": latest.leaked_files,
+        "vector_store": latest.leaked_vector_stores,
+        "unreferenced_file": latest.unreferenced_files,
+    }
+    metrics.set_reconcile_report(
+        leaks, routes_failed=latest.routes_failed, finished_at=latest.finished_at
+    )

@@ -23,9 +23,8 @@ from typing import Any
 from uuid import UUID
 
 from worker.config import Queues
-from worker.db import Conn
-from worker.db.pool import translate_errors
-from worker.db.queries import q
+from worker.db import Conn, Database
+from worker.db import repair as repo
 from worker.handlers.payloads import (
     AttachmentDeleted,
     ChatSoftDeleted,
@@ -61,31 +60,21 @@ class DeadLetterTriage:
 
 async def retry_failed(conn: Conn, queues: Queues, *, chat_id: UUID | None) -> RepairReport:
     async with conn.transaction():
-        cur = await conn.execute(q("reset_failed_attachments"), {"chat_id": chat_id})
-        reset = await cur.fetchall()
+        reset = await repo.reset_failed_attachments(conn, chat_id)
         triage = await triage_dead_letters(conn, queues, chat_id=chat_id)
         await _resolve(conn, triage.finished)
         if triage.replay:
             await dl.replay(conn, dl.Filter(ids=triage.replay, limit=len(triage.replay)))
-        cur = await conn.execute(q("deleted_chats_with_debt"), {"chat_id": chat_id})
-        chats = {row[0]: row[1] for row in await cur.fetchall() if row[0] not in triage.chats}
+        with_debt = await repo.deleted_chats_with_debt(conn, chat_id)
+        chats = {chat: tenant for chat, tenant in with_debt.items() if chat not in triage.chats}
         for chat, tenant in chats.items():
             await enqueue_chat_cleanup(conn, queues, tenant_id=tenant, chat_id=chat)
         orphans = [
-            row for row in reset if row[2] not in chats and row[2] not in triage.chats
-            and row[0] not in triage.attachments
+            row for row in reset if row.chat_id not in chats and row.chat_id not in triage.chats
+            and row.attachment_id not in triage.attachments
         ]  # fmt: skip
-        for attachment_id, tenant, chat, file_id, backend, kind in orphans:
-            await enqueue_attachment_cleanup(
-                conn,
-                queues,
-                tenant_id=tenant,
-                chat_id=chat,
-                attachment_id=attachment_id,
-                provider_file_id=file_id,
-                storage_backend=backend,
-                attachment_kind=kind,
-            )
+        for row in orphans:
+            await enqueue_attachment_cleanup(conn, queues, **row._asdict())
     return RepairReport(
         attachments_reset=len(reset),
         chat_messages=len(chats),
@@ -108,24 +97,20 @@ async def resolve_finished_dead_letters_of(app: App) -> int:
     """``resolve_finished_dead_letters`` for a running app: a drain pass ends with it and the
     daemon's vacuum loop runs it, so ChatDeadLetters stops firing for a chat another message
     (or an earlier repair) fully cleaned, without anyone running a command."""
-    with translate_errors():
-        async with app.pool.connection() as conn:
-            return await resolve_finished_dead_letters(conn, app.config.outbox.queues)
+    async with Database(app.pool).connection() as conn:
+        return await resolve_finished_dead_letters(conn, app.config.outbox.queues)
 
 
 async def triage_dead_letters(
     conn: Conn, queues: Queues, *, chat_id: UUID | None
 ) -> DeadLetterTriage:
     """Read pending dead letters (of ``chat_id`` only, if given) against the rows they name."""
-    cur = await conn.execute(
-        q("pending_dead_letters_of_queues"),
-        {"queues": [queues.attachment_queue, queues.chat_queue]},
-    )
+    pending = await repo.pending_dead_letters(conn, [queues.attachment_queue, queues.chat_queue])
     chat_events: list[tuple[int, ChatSoftDeleted]] = []
     attachment_events: list[tuple[int, AttachmentDeleted]] = []
     triage = DeadLetterTriage()
-    for dead_letter_id, queue, payload, payload_type in await cur.fetchall():
-        event = _parse(queue == queues.chat_queue, bytes(payload), payload_type)
+    for dead_letter_id, queue, payload, payload_type in pending:
+        event = _parse(queue == queues.chat_queue, payload, payload_type)
         if event is None:
             if chat_id is None:
                 triage.poison.append(dead_letter_id)
@@ -153,10 +138,10 @@ async def _triage_chats(
 ) -> None:
     """A chat message is replayable only for a soft-deleted chat of its tenant; finished when
     nothing of the chat is left to clean."""
-    cur = await conn.execute(q("chat_cleanup_states"), {"chat_ids": [e.chat_id for _, e in events]})
-    states = {row[0]: row[1:] for row in await cur.fetchall()}
+    states = await repo.chat_cleanup_states(conn, [e.chat_id for _, e in events])
     for dead_letter_id, event in events:
-        tenant, deleted, unfinished = states.get(event.chat_id, (None, False, False))
+        state = states.get(event.chat_id)
+        tenant, deleted, unfinished = state if state else (None, False, False)
         if not deleted or tenant != event.tenant_id:
             triage.poison.append(dead_letter_id)
         elif unfinished:
@@ -171,11 +156,7 @@ async def _triage_attachments(
 ) -> None:
     """The row is the truth: done → finished; a row that disagrees with the message, or is
     live, is poison; a missing row (chat purged) leaves the message as the only record."""
-    cur = await conn.execute(
-        q("attachment_cleanup_states"),
-        {"attachment_ids": [e.attachment_id for _, e in events]},
-    )
-    rows = {row[0]: row[1:] for row in await cur.fetchall()}
+    rows = await repo.attachment_cleanup_states(conn, [e.attachment_id for _, e in events])
     for dead_letter_id, event in events:
         row = rows.get(event.attachment_id)
         if row is None:
@@ -199,5 +180,4 @@ async def _triage_attachments(
 async def _resolve(conn: Conn, ids: Sequence[int]) -> int:
     if not ids:
         return 0
-    cur = await conn.execute(q("resolve_dead_letters"), {"ids": list(ids)})
-    return len(await cur.fetchall())
+    return await repo.resolve_dead_letters(conn, ids)

@@ -13,15 +13,12 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
-from worker.db.queries import q
-from worker.errors import CleanupWorkerError
+from worker.db import AsyncConnectionPool
+from worker.db.route_health import RouteHealthChange, RouteHealthStore
 from worker.observability.metrics import Metrics
 from worker.providers.routing import Route, RouteId
-from worker.runtime.status import read_suspected_routes
 
 if TYPE_CHECKING:  # importing the gateway loads the SDK; only the daemon pays for that
     from worker.providers.gateway import ProviderGateway
@@ -33,7 +30,7 @@ class RouteHealthRecorder:
     """The gateway's ``RouteHealthListener``: counts, sets gauges and records transitions."""
 
     def __init__(self, pool: AsyncConnectionPool, metrics: Metrics, worker_id: str) -> None:
-        self._pool = pool
+        self._store = RouteHealthStore(pool)
         self._metrics = metrics
         self._worker_id = worker_id
         self._suspected: set[RouteId] = set()
@@ -70,7 +67,7 @@ class RouteHealthRecorder:
             self._suspected.discard(route.route_id)
         self._metrics.set_routes_suspected(Counter(label for label, _ in self._suspected))
 
-    async def _write(self, query: str, route: Route, **extra: Any) -> None:
+    async def _write(self, change: RouteHealthChange, route: Route, **extra: Any) -> None:
         params = {
             "backend": route.label,
             "tenant_id": str(route.tenant_id) if route.tenant_id else "",
@@ -78,25 +75,14 @@ class RouteHealthRecorder:
             "updated_by": self._worker_id,
             **extra,
         }
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(q(query), params)
-        except (psycopg.Error, CleanupWorkerError, OSError) as exc:
-            log.warning("route_health_not_recorded", query=query, error=type(exc).__name__)
+        await self._store.record(change, params)
 
 
 async def restore_suspected_routes(
     pool: AsyncConnectionPool, gateway: ProviderGateway, recorder: RouteHealthRecorder
 ) -> int:
     """Start every route the table lists (with an unchanged configuration) suspected."""
-    try:
-        async with pool.connection() as conn:
-            rows = await read_suspected_routes(conn)
-    except psycopg.errors.UndefinedTable:
-        return 0  # not migrated: the commands say so themselves ("run cleanup-worker migrate")
-    except (psycopg.Error, CleanupWorkerError, OSError) as exc:
-        log.warning("route_health_not_restored", error=type(exc).__name__)
-        return 0
+    rows = await RouteHealthStore(pool).suspected_routes()
     routes = {route.route_id: route for route in gateway.routes()}
     restored = 0
     for row in rows:

@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import contextlib
 
-import psycopg
-
 from worker.config import Config, KeyUnavailable
+from worker.db.pool import dsn_password
 from worker.observability.logging import register_secret
 
 
 def register_secrets(config: Config, environ: dict[str, str]) -> None:
     """Teach the log redactor the DSN passwords and every API key this process can read."""
     for dsn in (config.database.dsn, config.database.migrate_dsn):
-        password = _password(dsn) if dsn else None
+        password = dsn_password(dsn) if dsn else None
         if password:
             register_secret(password)
     for source in config.providers.key_sources():
         # An unreadable or empty source is reported by check-config and by the provider layer.
         with contextlib.suppress(KeyUnavailable):
             register_secret(source.text(environ))
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:  # load_config rejects these; masked by pattern anyway
-        return None
-    return str(password) if password else None

@@ -9,71 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
-from worker.db.queries import q
+from worker.db import AsyncConnectionPool, Conn, Database, backlog
+from worker.db.backlog import DeadLetterStatus, PartitionStatus, RetryStatus, TenantStatus
+from worker.db.route_health import SuspectedRoute, read_suspected_routes
 from worker.observability.metrics import BacklogSnapshot, Metrics, queue_kind
 from worker.runtime.migrate import index_states
-
-
-@dataclass(frozen=True)
-class PartitionStatus:
-    queue: str
-    partition: int
-    messages: int  # outbox messages not yet processed (incoming + after the cursor)
-    oldest_age_seconds: float | None
-    processed_seq: int
-    attempts: int
-    last_error: str | None
-    leased_by: str | None
-    lease_expires_in_seconds: float | None
-
-
-@dataclass(frozen=True)
-class RetryStatus:
-    queue: str
-    due: int
-    parked: int
-    oldest_age_seconds: float | None
-    next_due_in_seconds: float | None  # the next parked (not yet due) one; None if none waits
-
-
-@dataclass(frozen=True)
-class DeadLetterStatus:
-    queue: str
-    status: str
-    count: int
-    oldest_age_seconds: float | None
-
-
-@dataclass(frozen=True)
-class SuspectedRoute:
-    """A row of ``cleanup_worker_route_health``, as ``status`` and ``check-config`` show it."""
-
-    backend: str
-    tenant_id: str  # '' for the backend's shared route
-    fingerprint: str
-    distinct_not_found: int
-    suspected_for_seconds: float
-    updated_by: str | None
-
-    def describe(self) -> str:
-        owner = f" (tenant {self.tenant_id})" if self.tenant_id else ""
-        return f"{self.backend}{owner}"
-
-
-@dataclass(frozen=True)
-class TenantStatus:
-    """One tenant's cleanup left: attachment rows (not messages) and vector stores."""
-
-    tenant_id: UUID
-    attachments_pending: int
-    attachments_failed: int
-    vector_stores_left: int
 
 
 @dataclass(frozen=True)
@@ -124,45 +65,22 @@ async def read_status(
     ``all_attachments`` (the ``status`` command, not the gauges' hot loop) also counts done
     rows and reads the per-tenant view; ``with_indexes`` adds the chat-service indexes that are
     missing (the status command)."""
-    params = {"queues": list(queues)}
-    partitions = [PartitionStatus(*row) for row in await _rows(conn, "partition_backlog", params)]
-    retries = [RetryStatus(*row) for row in await _rows(conn, "retry_backlog", params)]
-    dead = [DeadLetterStatus(*row) for row in await _rows(conn, "dead_letter_backlog", params)]
-    attachments = {status: int(n) for status, n in await _rows(conn, "attachment_debt", {})}
+    attachments = await backlog.attachment_debt(conn)
     estimated: list[str] = []
     if all_attachments:
-        history, estimated = await _attachment_history(conn)
+        history, estimated = await backlog.attachment_history(conn, exact_up_to=EXACT_HISTORY_ROWS)
         attachments |= history
-    vector_stores = (await _rows(conn, "outstanding_vector_stores", {}))[0][0]
-    suspected = await read_suspected_routes(conn)
-    tenants = []
-    if all_attachments:
-        found = await _rows(conn, "tenant_backlog", {"limit": TOP_TENANTS})
-        tenants = [TenantStatus(*row) for row in found]
-    problems = await _index_problems(conn) if with_indexes else []
     return Status(
-        partitions, retries, dead, attachments, int(vector_stores), suspected, tenants, problems,
-        estimated,
-    )  # fmt: skip
-
-
-async def _attachment_history(conn: Conn) -> tuple[dict[str, int], list[str]]:
-    """Done and never-started ('none') rows, counted on a small table. On a large one only
-    done, as the planner's estimate (the status is a frequent value: its estimate is close);
-    never-started rows would be a guess (soft-deleted and never cleaned are correlated, the
-    planner assumes they are not), so they are left to ``reconcile``, which finds their files.
-    The debt (pending, failed) is always exact: it is index-backed."""
-    [(rows,)] = await _rows(conn, "attachments_row_estimate", {})
-    if rows > EXACT_HISTORY_ROWS:
-        return {"done": await _estimated_rows(conn, "attachments_done")}, ["done"]
-    counted = await _rows(conn, "attachment_history_counts", {})
-    return {status: int(n) for status, n in counted}, []
-
-
-async def _estimated_rows(conn: Conn, name: str) -> int:
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + q(name))
-    [(plan,)] = await cur.fetchall()
-    return int(plan[0]["Plan"]["Plan Rows"])
+        partitions=await backlog.partitions(conn, queues),
+        retries=await backlog.retries(conn, queues),
+        dead_letters=await backlog.dead_letters(conn, queues),
+        attachments=attachments,
+        outstanding_vector_stores=await backlog.outstanding_vector_stores(conn),
+        suspected_routes=await read_suspected_routes(conn),
+        top_tenants=await backlog.top_tenants(conn, TOP_TENANTS) if all_attachments else [],
+        index_problems=await _index_problems(conn) if with_indexes else [],
+        attachments_estimated=estimated,
+    )
 
 
 async def _index_problems(conn: Conn) -> list[IndexProblem]:
@@ -171,16 +89,6 @@ async def _index_problems(conn: Conn) -> list[IndexProblem]:
         for s in await index_states(conn)
         if s.problem
     ]
-
-
-async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(q(name), params)
-    return await cur.fetchall()
-
-
-async def read_suspected_routes(conn: Conn) -> list[SuspectedRoute]:
-    """Provider routes whose not-founds do not count as deleted (SPEC §13 route suspicion)."""
-    return [SuspectedRoute(*row) for row in await _rows(conn, "suspected_routes", {})]
 
 
 def backlog_snapshot(status: Status) -> BacklogSnapshot:
@@ -216,7 +124,6 @@ async def refresh_backlog(
     pool: AsyncConnectionPool, metrics: Metrics, queues: Sequence[str]
 ) -> None:
     """Read the backlog and set every backlog gauge (the daemon does this periodically)."""
-    with translate_errors():
-        async with pool.connection() as conn:
-            status = await read_status(conn, queues, all_attachments=False)
+    async with Database(pool).connection() as conn:
+        status = await read_status(conn, queues, all_attachments=False)
     metrics.set_backlog(backlog_snapshot(status))

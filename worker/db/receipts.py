@@ -1,7 +1,9 @@
-"""Deletion receipts (SPEC §14): read them for ``cleanup-worker receipts``, prune old ones.
+"""The receipts repository (SPEC §14): ``cleanup_worker_receipts`` and the reconcile reports
+pruned with them.
 
-The handlers write receipts (``sql/queries/cleanup.sql``, in the statement that completes the
-row); this module only reads and prunes them.
+The handlers write a receipt in the statement that completes its row (``sql/queries/cleanup.sql``,
+through ``handlers.repository``); this lists them for ``cleanup-worker receipts``, prunes old
+ones, and writes reconcile's receipts for unreferenced files it deleted (no row to complete).
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg_pool import AsyncConnectionPool
-
-from worker.db import Conn
-from worker.db.pool import translate_errors
+from worker.db.database import AsyncConnectionPool, Database
+from worker.db.pool import Conn
 from worker.db.queries import q
 
 PRUNE_CHUNK = 5000
@@ -64,14 +64,19 @@ async def prune_receipts(
     each its own transaction; returns how many receipts went."""
     params = {"retention_days": retention_days, "limit": chunk}
     total = 0
-    with translate_errors():
-        async with pool.connection() as conn:
-            while True:
-                cur = await conn.execute(q("prune_receipts_chunk"), params)
-                row = await cur.fetchone()  # autocommit: each chunk commits on its own
-                done = int(row[0]) if row else 0
-                total += done
-                if done < chunk:
-                    break
-            await conn.execute(q("prune_reconcile_reports"), params)
+    async with Database(pool).connection() as conn:
+        while True:
+            cur = await conn.execute(q("prune_receipts_chunk"), params)
+            row = await cur.fetchone()  # autocommit: each chunk commits on its own
+            done = int(row[0]) if row else 0
+            total += done
+            if done < chunk:
+                break
+        await conn.execute(q("prune_reconcile_reports"), params)
     return total
+
+
+async def insert_receipt(conn: Conn, receipt: dict[str, Any]) -> None:
+    """A receipt on its own (``insert_receipt``): object, tenant, backend, route, HTTP status,
+    outcome, request id, worker id."""
+    await conn.execute(q("insert_receipt"), receipt)
