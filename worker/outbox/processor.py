@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from worker.db import AsyncConnectionPool
-from worker.db.pool import translate_errors
+from worker.db import AsyncConnectionPool, Database
 from worker.db.queries import q
 from worker.models import Message, Ok
 from worker.outbox.delivery import Envelope, Settled, outcome_params
@@ -38,10 +37,9 @@ async def lease_partitions(
         "lease_seconds": lease_seconds,
         "limit": limit,
     }
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("lease_partitions"), params)
-            rows = await cur.fetchall()
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("lease_partitions"), params)
+        rows = await cur.fetchall()
     return [PartitionLease(queue, *row) for row in rows]
 
 
@@ -49,10 +47,9 @@ async def read_batch(
     pool: AsyncConnectionPool, lease: PartitionLease, *, limit: int
 ) -> list[Envelope]:
     params = {"partition_id": lease.partition_id, "after_seq": lease.processed_seq, "limit": limit}
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("read_batch"), params)
-            rows = await cur.fetchall()
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("read_batch"), params)
+        rows = await cur.fetchall()
     return [
         Envelope(
             Message(
@@ -77,10 +74,9 @@ async def extend_lease(
 ) -> bool:
     """Heartbeat one lease; False once this acquisition no longer holds the partition."""
     params = {**_guard(lease), "lease_seconds": lease_seconds}
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("extend_lease"), params)
-            return await cur.fetchone() is not None
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("extend_lease"), params)
+        return await cur.fetchone() is not None
 
 
 def _guard(lease: PartitionLease) -> dict[str, object]:
@@ -89,9 +85,8 @@ def _guard(lease: PartitionLease) -> dict[str, object]:
 
 
 async def release_lease(pool: AsyncConnectionPool, lease: PartitionLease) -> None:
-    with translate_errors():
-        async with pool.connection() as conn:
-            await conn.execute(q("release_lease"), _guard(lease))
+    async with Database(pool).connection() as conn:
+        await conn.execute(q("release_lease"), _guard(lease))
 
 
 async def ack_batch(
@@ -108,18 +103,17 @@ async def ack_batch(
         s for s in settled if not isinstance(s.verdict, Ok) or s.handled.envelope.dead_letter_id
     ]
     guard = {**_guard(lease), "last_seq": last_seq, "read_seq": lease.processed_seq}
-    with translate_errors():
-        async with pool.connection() as conn:
-            if not worth_writing:
-                # The usual case: one statement, atomic by itself; BEGIN and COMMIT would
-                # double the ack's round trips for nothing.
-                cur = await conn.execute(q("advance_cursor"), guard)
-                row = await cur.fetchone()
-                return bool(row and row[0])
-            async with conn.transaction():
-                cur = await conn.execute(q("advance_cursor"), guard)
-                row = await cur.fetchone()
-                if not row or row[0] == 0:
-                    return False  # lost: nothing written; the batch is delivered again
-                await conn.execute(q("record_outcomes"), outcome_params(worth_writing))
+    async with Database(pool).connection() as conn:
+        if not worth_writing:
+            # The usual case: one statement, atomic by itself; BEGIN and COMMIT would
+            # double the ack's round trips for nothing.
+            cur = await conn.execute(q("advance_cursor"), guard)
+            row = await cur.fetchone()
+            return bool(row and row[0])
+        async with conn.transaction():
+            cur = await conn.execute(q("advance_cursor"), guard)
+            row = await cur.fetchone()
+            if not row or row[0] == 0:
+                return False  # lost: nothing written; the batch is delivered again
+            await conn.execute(q("record_outcomes"), outcome_params(worth_writing))
     return True
