@@ -23,7 +23,8 @@ from providers.support import (
 from worker.config import ProvidersConfig, TenantOverride
 from worker.models import RetryReason
 from worker.providers import BreakerPolicy, CallRetryPolicy, Deleted, Transient
-from worker.providers.limits import Admission, CircuitBreaker, TokenBucket
+from worker.providers.breaker import Admission, CircuitBreaker
+from worker.providers.limits import TokenBucket
 
 NO_RETRY = CallRetryPolicy(max_attempts=1)
 

@@ -7,7 +7,7 @@ it loads the SDK (seconds), which commands that never call a provider should not
 
 from __future__ import annotations
 
-from worker.providers.limits import BreakerPolicy
+from worker.providers.breaker import BreakerPolicy
 from worker.providers.results import (
     Deleted,
     DeleteResult,

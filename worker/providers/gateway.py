@@ -20,13 +20,10 @@ import openai
 
 from worker.config import ProvidersConfig
 from worker.models import RetryReason
+from worker.providers.breaker import BREAKER_FAILURES, Admission, BreakerPolicy, CircuitBreaker
 from worker.providers.classify import Target, classify_exception, classify_response
 from worker.providers.clients import ClientCache, Operation, new_shared_pool, send_delete
 from worker.providers.limits import (
-    BREAKER_FAILURES,
-    Admission,
-    BreakerPolicy,
-    CircuitBreaker,
     Clock,
     RouteBusy,
     RouteDeferred,

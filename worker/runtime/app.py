@@ -20,9 +20,9 @@ from worker.handlers.repository import CleanupRepository
 from worker.models import Handler
 from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings, new_worker_id
+from worker.providers.breaker import BreakerPolicy
 from worker.providers.clients import HttpPool
 from worker.providers.gateway import ProviderGateway
-from worker.providers.limits import BreakerPolicy
 from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
 from worker.runtime.secrets import register_secrets
 

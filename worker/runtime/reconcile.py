@@ -18,6 +18,10 @@ rows to pending, messages enqueued in the same transaction (the chat-level messa
 chat path owns the row), so limits, retries, receipts and metrics apply as for any cleanup.
 A leaked file whose row routes to another account than the one listing it (misrouted) is
 reported and not applied: its normal cleanup would go to the wrong account again.
+
+Just over 400 lines: the listing pass, the classification and its two write paths (apply,
+delete unreferenced) read as one story; the statements are the repository's
+(``worker.db.reconcile``).
 """
 
 from __future__ import annotations
