@@ -15,10 +15,9 @@ import pytest
 
 from cwlab.fake_openai import FakeOpenAI, Fault
 from providers.support import TENANT_A, TENANT_B, TENANT_C, TENANT_D
-from worker.config import BackendConfig, ProvidersConfig, TenantOverride
+from worker.config import BackendConfig, CircuitBreakerConfig, ProvidersConfig, TenantOverride
 from worker.models import RetryReason
 from worker.providers import (
-    BreakerPolicy,
     CallRetryPolicy,
     Deleted,
     Transient,
@@ -236,7 +235,7 @@ async def test_one_tenants_broken_key_does_not_touch_others(
         fake.add_file(file_id)
     fake.inject(Fault(status=503, key="az-tenant-a"))  # only tenant A's upstream is down
     gateway = make(
-        gateways, routing(fake), retry=NO_RETRY, breaker=BreakerPolicy(failure_threshold=2)
+        gateways, routing(fake), retry=NO_RETRY, breaker=CircuitBreakerConfig(failure_threshold=2)
     )
 
     a_results = [await gateway.delete_file(TENANT_A, "azure", "fa") for _ in range(3)]

@@ -20,9 +20,9 @@ from providers.support import (
     providers_config,
     script,
 )
-from worker.config import ProvidersConfig, TenantOverride
+from worker.config import CircuitBreakerConfig, ProvidersConfig, TenantOverride
 from worker.models import RetryReason
-from worker.providers import BreakerPolicy, CallRetryPolicy, Deleted, Transient
+from worker.providers import CallRetryPolicy, Deleted, Transient
 from worker.providers.breaker import Admission, CircuitBreaker
 from worker.providers.limits import TokenBucket
 
@@ -142,7 +142,7 @@ async def test_circuit_opens_after_threshold_and_half_opens_after_cooldown(
         upstream,
         clock=clock,
         retry=NO_RETRY,
-        breaker=BreakerPolicy(failure_threshold=5, cooldown_seconds=30.0),
+        breaker=CircuitBreakerConfig(failure_threshold=5, cooldown_seconds=30.0),
     )
 
     failures = [await gateway.delete_file(TENANT_B, "openai", f"f{i}") for i in range(5)]
@@ -177,7 +177,7 @@ async def test_auth_failures_open_the_circuit_but_429_and_409_do_not(
     busy = script(api_error(429), api_error(409), api_error(429), api_error(409), api_error(429),
                   api_error(409), api_error(401))  # fmt: skip
     gateway = make_gateway(
-        providers_config(), busy, retry=NO_RETRY, breaker=BreakerPolicy(failure_threshold=3)
+        providers_config(), busy, retry=NO_RETRY, breaker=CircuitBreakerConfig(failure_threshold=3)
     )
 
     reasons = [
@@ -196,7 +196,7 @@ async def test_auth_failures_open_the_circuit_but_429_and_409_do_not(
 
 def test_breaker_probe_is_single_and_a_failed_probe_reopens() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=2, cooldown_seconds=10), clock)
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, cooldown_seconds=10), clock)
     for _ in range(2):
         assert breaker.admit() is Admission.CLOSED
         breaker.record(Admission.CLOSED, RetryReason.TIMEOUT)
@@ -220,7 +220,7 @@ def test_breaker_probe_is_single_and_a_failed_probe_reopens() -> None:
 
 
 def test_breaker_success_resets_the_count() -> None:
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=3), FakeClock())
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=3), FakeClock())
     for failure in (RetryReason.TIMEOUT, RetryReason.TIMEOUT, None, RetryReason.TIMEOUT):
         breaker.record(Admission.CLOSED, failure)
     assert breaker.admit() is Admission.CLOSED

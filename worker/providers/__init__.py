@@ -7,7 +7,6 @@ it loads the SDK (seconds), which commands that never call a provider should not
 
 from __future__ import annotations
 
-from worker.providers.breaker import BreakerPolicy
 from worker.providers.results import (
     Deleted,
     DeleteResult,
@@ -20,7 +19,6 @@ from worker.providers.retrying import CallRetryPolicy
 from worker.providers.routing import Route
 
 __all__ = [
-    "BreakerPolicy",
     "CallRetryPolicy",
     "DeleteResult",
     "Deleted",

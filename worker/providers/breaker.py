@@ -6,9 +6,9 @@ limiter (``limits.py``), so one broken upstream never fails another route's call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
+from worker.config import CircuitBreakerConfig
 from worker.models import RetryReason
 from worker.providers.limits import Clock
 
@@ -25,14 +25,6 @@ class Admission(Enum):
     PROBE = "probe"
 
 
-@dataclass(frozen=True)
-class BreakerPolicy:
-    """Consecutive breaker failures that open it, and how long it stays open."""
-
-    failure_threshold: int = 5
-    cooldown_seconds: float = 30.0
-
-
 class CircuitBreaker:
     """Fails fast after repeated failures so a broken upstream does not eat every lease.
 
@@ -40,7 +32,7 @@ class CircuitBreaker:
     probe succeeds -> closed; probe fails -> open for another cooldown.
     """
 
-    def __init__(self, policy: BreakerPolicy, clock: Clock) -> None:
+    def __init__(self, policy: CircuitBreakerConfig, clock: Clock) -> None:
         self._policy = policy
         self._clock = clock
         self._failures = 0

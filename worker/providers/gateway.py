@@ -18,9 +18,9 @@ from uuid import UUID
 import httpx2
 import openai
 
-from worker.config import ProvidersConfig
+from worker.config import CircuitBreakerConfig, ProvidersConfig
 from worker.models import RetryReason
-from worker.providers.breaker import BREAKER_FAILURES, Admission, BreakerPolicy, CircuitBreaker
+from worker.providers.breaker import BREAKER_FAILURES, Admission, CircuitBreaker
 from worker.providers.classify import Target, classify_exception, classify_response
 from worker.providers.clients import ClientCache, Operation, new_shared_pool, send_delete
 from worker.providers.limits import (
@@ -63,7 +63,7 @@ class _RouteState:
     def __init__(
         self,
         route: Route,
-        breaker: BreakerPolicy,
+        breaker: CircuitBreakerConfig,
         clock: Clock,
         sleep: Sleep,
         suspect_after_not_found: int,
@@ -91,7 +91,7 @@ class ProviderGateway:
         route_health: RouteHealthListener | None = None,
         http_client: httpx2.AsyncClient | None = None,
         retry: CallRetryPolicy | None = None,
-        breaker: BreakerPolicy | None = None,
+        breaker: CircuitBreakerConfig | None = None,
         client_ttl_seconds: float = CLIENT_TTL_SECONDS,
         environ: Mapping[str, str] | None = None,
         clock: Clock = time.monotonic,
@@ -109,7 +109,7 @@ class ProviderGateway:
         self._pool = http_client if http_client is not None else new_shared_pool()
         env = environ if environ is not None else default_environ()
         self._clients = ClientCache(self._pool, env, clock, client_ttl_seconds)
-        breaker_policy = breaker or BreakerPolicy()
+        breaker_policy = breaker or CircuitBreakerConfig()
         threshold = config.route_suspicion.not_found_threshold
         self._states: dict[RouteId, _RouteState] = {
             route.route_id: _RouteState(

@@ -20,7 +20,6 @@ from worker.handlers.repository import CleanupRepository
 from worker.models import Handler
 from worker.observability.metrics import Metrics
 from worker.outbox.engine import Engine, EngineSettings, new_worker_id
-from worker.providers.breaker import BreakerPolicy
 from worker.providers.clients import HttpPool
 from worker.providers.gateway import ProviderGateway
 from worker.runtime.route_health import RouteHealthRecorder, restore_suspected_routes
@@ -62,12 +61,11 @@ async def open_app(
         lease_pool = await stack.enter_async_context(
             open_pool(db.dsn, min_size=1, max_size=LEASE_POOL_SIZE, name="cleanup-worker-leases")
         )
-        breaker = config.providers.circuit_breaker
         worker_id = new_worker_id()
         route_health = RouteHealthRecorder(pool, metrics, worker_id)
         gateway = ProviderGateway(
             config.providers,
-            breaker=BreakerPolicy(breaker.failure_threshold, breaker.cooldown_seconds),
+            breaker=config.providers.circuit_breaker,
             observer=metrics.provider_observer,
             route_health=route_health,
             http_client=http_client,
