@@ -9,8 +9,8 @@ neighbour hits them alike; the median round of each is reported.
 
 Candidates: the pool the product builds (``worker.providers.clients.new_shared_pool``), the
 SDK's default httpx2 pool (``DefaultAsyncHttpxClient``, 1000 connections / 100 kept alive),
-the same with limits sized to the concurrency, and the SDK's aiohttp transport
-(``DefaultAioHttpClient``, extra ``openai[aiohttp]``).
+and the SDK's aiohttp transport (``DefaultAioHttpClient``, extra ``openai[aiohttp]``), each
+also with its pool limits sized to the concurrency.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ CANDIDATES: dict[str, PoolFactory] = {
         follow_redirects=False, limits=_sized(c)
     ),
     "aiohttp, SDK defaults": lambda _c: DefaultAioHttpClient(follow_redirects=False),
+    "aiohttp, limits = concurrency": lambda c: DefaultAioHttpClient(
+        follow_redirects=False, limits=_sized(c)
+    ),
 }
 
 
