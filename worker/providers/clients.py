@@ -69,13 +69,16 @@ def new_shared_pool() -> httpx2.AsyncClient:
 
 
 def _session(transport: AiohttpTransport) -> aiohttp.ClientSession:
-    """What the SDK's transport would build (its TLS context and limits), plus ``_no_resend``."""
+    """What the SDK's transport would build (its TLS context and limits), plus ``_no_resend``;
+    cookies stay the httpx2 client's business, as with its own pool (no second jar here)."""
     connector = aiohttp.TCPConnector(
         limit=POOL_LIMITS.max_connections or 0,
         keepalive_timeout=POOL_LIMITS.keepalive_expiry or 0,
         ssl=transport.ssl_context,
     )
-    return aiohttp.ClientSession(connector=connector, middlewares=(_no_resend,))
+    return aiohttp.ClientSession(
+        connector=connector, middlewares=(_no_resend,), cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 class _ConnectionDropped(aiohttp.ClientConnectionError):
