@@ -148,7 +148,13 @@ async def _seed(db: Database, tenant: uuid.UUID, n: int) -> None:
         await db.conn.execute(sql.q("seed_live_chats"), {"tenants": [tenant]})
         await db.conn.execute(
             sql.q("seed_attachment_messages"),
-            {"n": n, "tenants": [tenant], "queue": ATTACHMENT_QUEUE, "partitions": PARTITIONS},
+            {
+                "n": n,
+                "tenants": [tenant],
+                "queue": ATTACHMENT_QUEUE,
+                "partitions": PARTITIONS,
+                "with_files": True,
+            },
         )
 
 

@@ -79,11 +79,13 @@ def postgres_pids(dsn: str) -> Callable[[], list[int]]:
     """The postmaster and all its children (backends, background workers), if local."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    try:
-        postmaster = psutil.Process(row[0]).parent()
-    except psutil.Error:
-        postmaster = None  # a server elsewhere (CLEANUP_WORKER_TEST_DSN): not measurable
+        assert row is not None
+        # While the connection is open: once closed, its backend exits and the lookup raced
+        # it (the PostgreSQL CPU of some runs read 0).
+        try:
+            postmaster = psutil.Process(row[0]).parent()
+        except psutil.Error:
+            postmaster = None  # a server elsewhere (CLEANUP_WORKER_TEST_DSN): not measurable
 
     def pids() -> list[int]:
         if postmaster is None:

@@ -10,10 +10,11 @@ FROM unnest(%(tenants)s::uuid[]) AS t;
 -- name: seed_attachment_messages
 -- n soft-deleted attachments spread over the tenants' chats, each with its attachment_deleted
 -- message in incoming, partitioned by tenant (uuid as 128-bit integer mod partitions: its last
--- byte mod partitions for a power of two).
+-- byte mod partitions for a power of two). Without files: no provider file (a DB-only cleanup).
 WITH planned AS (
     SELECT c.tenant_id, c.id AS chat_id, gen_random_uuid() AS attachment_id,
-           'file-' || replace(gen_random_uuid()::text, '-', '') AS file_id, g
+           CASE WHEN %(with_files)s
+                THEN 'file-' || replace(gen_random_uuid()::text, '-', '') END AS file_id, g
     FROM generate_series(1, %(n)s) AS g
     JOIN (SELECT id, tenant_id, row_number() OVER (ORDER BY id) - 1 AS k FROM chats
           WHERE tenant_id = ANY(%(tenants)s::uuid[]) AND deleted_at IS NULL) c

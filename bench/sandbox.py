@@ -165,17 +165,9 @@ class BenchEnv:
     def start_fake(
         self, *, latency_seconds: float = 0.0, rate_limit_rps: float | None = None
     ) -> Fake:
-        args = [sys.executable, "-m", "cwlab.fake_openai", "--implicit-ids",
-                "--latency", str(latency_seconds)]  # fmt: skip
-        if rate_limit_rps is not None:
-            args += ["--rate-limit-rps", str(rate_limit_rps)]
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        self._children.append(process)
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise RuntimeError(f"fake provider did not start (printed {url!r})")
-        return Fake(process, url)
+        fake = launch_fake(latency_seconds=latency_seconds, rate_limit_rps=rate_limit_rps)
+        self._children.append(fake.process)
+        return fake
 
     def start_worker(
         self,
@@ -233,6 +225,22 @@ class BenchEnv:
     def stop_all(self) -> None:
         for process in list(self._children):
             self.stop(process)
+
+
+def launch_fake(*, latency_seconds: float = 0.0, rate_limit_rps: float | None = None) -> Fake:
+    """The local provider as its own process (any id exists until deleted); the caller stops it."""
+    args = [sys.executable, "-m", "cwlab.fake_openai", "--implicit-ids",
+            "--latency", str(latency_seconds)]  # fmt: skip
+    if rate_limit_rps is not None:
+        args += ["--rate-limit-rps", str(rate_limit_rps)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://"):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"fake provider did not start (printed {url!r})")
+    return Fake(process, url)
 
 
 def _is_ready(worker: Worker) -> bool:

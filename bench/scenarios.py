@@ -1,5 +1,5 @@
-"""The benchmarks B1..B7 of the performance issue (and FAIR, bench/fairness.py); each returns
-its measurements.
+"""The benchmarks B1..B7 of the performance issue (and FAIR, bench/fairness.py; TABLES,
+bench/tables.py; COST, the cost figures of issue 16); each returns its measurements.
 
 Every comparison (ours vs PGQueuer, ours vs the original model, achieved vs ideal, N replicas
 vs one, worker vs the raw statements) is measured within the same call, on the same database
@@ -88,11 +88,25 @@ async def b1_queue_overhead(env: BenchEnv, scale: Scale) -> list[Measurement]:
                     detail=f"{n} msgs incl. sequencer; worker "
                            f"{ours.window.cpu_ms_per_message('worker'):.3f} ms CPU/msg"),
     ]  # fmt: skip
+    pgqueuer, best = await _pgqueuer_drains("B1", env, scale)
+    out += pgqueuer
+    if best:
+        out.append(Measurement("B1", "ours / best PGQueuer", ours.window.rate / best, "ratio",
+                               Target(">=", 1.0)))  # fmt: skip
+    return out
+
+
+async def _pgqueuer_drains(
+    bench: str, env: BenchEnv, scale: Scale
+) -> tuple[list[Measurement], float]:
+    """PGQueuer draining the no-op backlog at each of the scale's batch sizes; its best rate
+    (0 when the bench group, and so pgqueuer, is not installed)."""
     try:
         import pgqueuer  # noqa: F401
     except ImportError:
-        out.append(Measurement("B1", "PGQueuer", 0.0, "msg/s", detail="pgqueuer not installed"))
-        return out
+        return [Measurement(bench, "PGQueuer", 0.0, "msg/s", detail="pgqueuer not installed")], 0
+    n = scale.noop_messages
+    out: list[Measurement] = []
     best = 0.0
     for batch in scale.pgqueuer_batches:
         theirs = await drain(
@@ -102,12 +116,10 @@ async def b1_queue_overhead(env: BenchEnv, scale: Scale) -> list[Measurement]:
         )  # fmt: skip
         best = max(best, theirs.window.rate)
         out.append(Measurement(
-            "B1", f"PGQueuer batch {batch}: no-op drain", theirs.window.rate, "msg/s",
-            detail=f"worker {theirs.window.cpu_ms_per_message('worker'):.3f} ms CPU/msg",
+            bench, f"PGQueuer batch {batch}: no-op drain", theirs.window.rate, "msg/s",
+            detail=f"{n} jobs; worker {theirs.window.cpu_ms_per_message('worker'):.3f} ms CPU/msg",
         ))  # fmt: skip
-    out.append(Measurement("B1", "ours / best PGQueuer", ours.window.rate / best, "ratio",
-                           Target(">=", 1.0)))  # fmt: skip
-    return out
+    return out, best
 
 
 def _seed_noop(n: int, *, sequenced: bool = False) -> Callable[[Database], Awaitable[None]]:
@@ -154,12 +166,7 @@ async def b2_full_job(env: BenchEnv, scale: Scale) -> list[Measurement]:
     settings = _latency_settings(64)
     out: list[Measurement] = []
     n = scale.attachment_messages
-    run = await drain(
-        env,
-        Plan(
-            "real", _seed_attachments(n), n, settings, provider=Provider(), counter=attachments_done
-        ),
-    )
+    run = await _attachment_drain(env, n, settings)
     out += _cpu_split("attachment cleanups", run, n)
     chats, per_chat = scale.chats, scale.attachments_per_chat
     run = await drain(
@@ -191,9 +198,20 @@ def _cpu_split(what: str, run: RunResult, n: int) -> list[Measurement]:
     ]  # fmt: skip
 
 
-def _seed_attachments(n: int) -> Callable[[Database], Awaitable[None]]:
+async def _attachment_drain(
+    env: BenchEnv, n: int, settings: WorkerSettings, *, with_files: bool = True
+) -> RunResult:
+    """``n`` attachment cleanups against a zero-latency provider (none at all without files:
+    a call would fail and show in the run's state)."""
+    provider = Provider() if with_files else None
+    plan = Plan("real", _seed_attachments(n, with_files=with_files), n, settings,
+                provider=provider, counter=attachments_done)  # fmt: skip
+    return await drain(env, plan)
+
+
+def _seed_attachments(n: int, *, with_files: bool = True) -> Callable[[Database], Awaitable[None]]:
     async def run(db: Database) -> None:
-        await seed.seed_attachments(db.conn, n)
+        await seed.seed_attachments(db.conn, n, with_files=with_files)
 
     return run
 
@@ -241,9 +259,7 @@ async def _b3_at(
     ]  # fmt: skip
     for c in concurrencies:
         ideal = c / latency
-        n = latency_backlog(ideal, scale)
-        run = await drain(env, Plan("real", _seed_attachments(n), n, _latency_settings(c),
-                                    provider=provider, counter=attachments_done))  # fmt: skip
+        run, n = await _latency_drain(env, scale, latency, c)
         rate, window = run.window.rate, run.window
         out += [
             Measurement("B3", f"{at} C={c}: achieved", rate, "msg/s", series=f"ours {latency:g}",
@@ -257,6 +273,17 @@ async def _b3_at(
                         Target("<=", 150.0)),
         ]  # fmt: skip
     return out
+
+
+async def _latency_drain(
+    env: BenchEnv, scale: Scale, latency: float, concurrency: int
+) -> tuple[RunResult, int]:
+    """Attachment cleanups at provider latency L and concurrency C; the run and its backlog."""
+    n = latency_backlog(concurrency / latency, scale)
+    provider = Provider(latency_seconds=latency)
+    run = await drain(env, Plan("real", _seed_attachments(n), n, _latency_settings(concurrency),
+                                provider=provider, counter=attachments_done))  # fmt: skip
+    return run, n
 
 
 # -- B4 rate-limited upstream -----------------------------------------------------------------
@@ -383,6 +410,51 @@ async def b7_sql_ceiling(env: BenchEnv, scale: Scale) -> list[Measurement]:
     ]  # fmt: skip
 
 
+# -- COST the cost figures of issue 16 (SPEC §15), as ratios within one run ------------------
+
+COST_LATENCY_SECONDS = 0.1
+COST_CONCURRENCY = 64
+CPU_TARGET_MS = 1.0  # worker CPU per attachment cleanup with a provider call
+
+
+async def cost(env: BenchEnv, scale: Scale) -> list[Measurement]:
+    """DB-only cleanups vs PGQueuer's no-op jobs, achieved / ideal at L = 100 ms and C = 64,
+    and the worker's CPU per cleanup with a provider call (the runs of B1, B2 and B3)."""
+    n = scale.attachment_messages
+    settings = _latency_settings(COST_CONCURRENCY)
+    db_only = await _attachment_drain(env, n, settings, with_files=False)
+    pgqueuer, best = await _pgqueuer_drains("COST", env, scale)
+    with_call = await _attachment_drain(env, n, settings)
+    latency, c = COST_LATENCY_SECONDS, COST_CONCURRENCY
+    ideal = c / latency
+    bound, backlog = await _latency_drain(env, scale, latency, c)
+    cpu_ms = with_call.window.cpu_ms_per_message("worker")
+    out = [
+        Measurement("COST", "DB-only attachment cleanups (no provider file)",
+                    db_only.window.rate, "msg/s", detail=_cost_detail(db_only, n)),
+        *pgqueuer,
+        Measurement("COST", "DB-only attachment cleanups / best PGQueuer no-op",
+                    db_only.window.rate / best if best else 0.0, "ratio", Target(">=", 1.0)),
+        Measurement("COST", f"L={latency * 1000:g}ms C={c}: achieved", bound.window.rate,
+                    "msg/s", detail=f"ideal {ideal:g}/s; {backlog} msgs; worker "
+                                    f"{bound.window.cores('worker'):.2f} cores; {bound.state()}"),
+        Measurement("COST", f"L={latency * 1000:g}ms C={c}: achieved / ideal",
+                    bound.window.rate / ideal, "ratio", Target(">=", 0.85)),
+        Measurement("COST", "attachment cleanup with a provider call: worker CPU", cpu_ms,
+                    "ms/msg", Target("<=", CPU_TARGET_MS), detail=_cost_detail(with_call, n)),
+        Measurement("COST", f"{CPU_TARGET_MS:g} ms / worker CPU per cleanup with a call",
+                    CPU_TARGET_MS / cpu_ms if cpu_ms else 0.0, "ratio", Target(">=", 1.0)),
+    ]  # fmt: skip
+    return out
+
+
+def _cost_detail(run: RunResult, n: int) -> str:
+    w = run.window
+    per_msg = ", ".join(f"{g} {w.cpu_ms_per_message(g):.3f}" for g in ("worker", "postgres",
+                                                                         "provider"))  # fmt: skip
+    return f"{n} msgs; CPU ms/msg: {per_msg}; {run.state()}"
+
+
 # -- TABLES the chat service's tables at scale (issue 16; bench/tables.py) --------------------
 
 
@@ -400,4 +472,5 @@ SCENARIOS: dict[str, Scenario] = {
     "B7": b7_sql_ceiling,
     "TABLES": tables_at_scale,
     "FAIR": fairness,
+    "COST": cost,
 }

@@ -52,15 +52,19 @@ async def seed_noop(
                         break
 
 
-async def seed_attachments(conn: Conn, n: int, *, tenants: int = 64) -> None:
-    """``n`` soft-deleted attachments of live chats and their ``attachment_deleted`` messages."""
+async def seed_attachments(
+    conn: Conn, n: int, *, tenants: int = 64, with_files: bool = True
+) -> None:
+    """``n`` soft-deleted attachments of live chats and their ``attachment_deleted`` messages;
+    ``with_files=False``: attachments that never got a provider file (DB-only cleanups)."""
     ids = balanced_tenants(tenants)
     async with conn.transaction():
         await conn.execute(sql.q("seed_live_chats"), {"tenants": ids})
         await conn.execute(
             sql.q("seed_attachment_messages"),
-            {"n": n, "tenants": ids, "queue": ATTACHMENT_QUEUE, "partitions": PARTITIONS},
-        )
+            {"n": n, "tenants": ids, "queue": ATTACHMENT_QUEUE, "partitions": PARTITIONS,
+             "with_files": with_files},
+        )  # fmt: skip
 
 
 async def seed_chats(conn: Conn, n: int, *, attachments_per_chat: int) -> None:

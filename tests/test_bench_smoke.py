@@ -38,7 +38,7 @@ def test_every_benchmark_produces_numbers(toy_results: dict[str, object]) -> Non
     rows = toy_results["rows"]
     assert isinstance(rows, list)
     benches = {row["bench"] for row in rows}
-    assert benches == {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "TABLES", "FAIR"}
+    assert benches == {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "TABLES", "FAIR", "COST"}
     for row in rows:
         assert row["values"], row
         for value in row["values"]:
@@ -56,3 +56,40 @@ def test_runs_did_the_real_work(toy_results: dict[str, object]) -> None:
     rates = [row for row in rows if row["unit"] in ("msg/s", "/s") and row["bench"] != "B1"]
     assert rates
     assert all(row["median"] > 0 for row in rates)
+
+
+@pytest.mark.timeout(960)
+def test_cost_reports_the_issue_figures_as_ratios(toy_results: dict[str, object]) -> None:
+    """COST carries issue 16's three cost figures, each with its target, from drains that did
+    the real work (a DB-only cleanup that called the provider would fail: there is none)."""
+    rows = toy_results["rows"]
+    assert isinstance(rows, list)
+    cost = {row["metric"]: row for row in rows if row["bench"] == "COST"}
+    targets = {
+        "DB-only attachment cleanups / best PGQueuer no-op": ">= 1",
+        "L=100ms C=64: achieved / ideal": ">= 0.85",
+        "attachment cleanup with a provider call: worker CPU": "<= 1",
+        "1 ms / worker CPU per cleanup with a call": ">= 1",
+    }
+    for metric, target in targets.items():
+        assert cost[metric]["target"] == target, cost.get(metric)
+        assert cost[metric]["median"] > 0, cost[metric]
+    assert cost["attachment cleanup with a provider call: worker CPU"]["unit"] == "ms/msg"
+    assert "clean" in " ".join(cost["DB-only attachment cleanups (no provider file)"]["details"])
+
+
+@pytest.mark.timeout(300)
+def test_http_backends_compare_every_candidate() -> None:
+    """``python -m bench.http_backends`` drives the gateway through each candidate pool; every
+    delete must succeed with the provider's request id (the script raises otherwise)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.http_backends", "--calls", "40", "--concurrency", "8",
+         "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    from bench.http_backends import CANDIDATES
+
+    for name in CANDIDATES:
+        assert f"{name}: worker CPU per call" in completed.stdout
+    assert "least CPU per call" in completed.stderr

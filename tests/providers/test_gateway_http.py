@@ -7,6 +7,7 @@ cannot show that a delay really times out or that a reset really reads as a conn
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -160,6 +161,24 @@ async def test_short_retry_after_is_retried_in_call(
 
     assert await gateway.delete_file(TENANT_B, "openai", "f1") == Deleted()
     assert [r.status for r in fake.requests()] == [429, 200]
+
+
+async def test_a_refused_connect_is_a_connection_error_not_a_timeout(
+    gateways: list[ProviderGateway],
+) -> None:
+    """Nothing listens on the port: the SDK's aiohttp transport calls every aiohttp connection
+    error a ConnectTimeout; the worker must still see a connection error."""
+    with socket.socket() as sock:  # a port that was free a moment ago and now refuses
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = ProvidersConfig(
+        backends={"openai": BackendConfig(kind="openai", base_url=f"http://127.0.0.1:{port}/v1",
+                                          api_key_env="OPENAI_KEY", timeout_seconds=5.0)}
+    )  # fmt: skip
+    result = await make(gateways, config, retry=NO_RETRY).delete_file(TENANT_B, "openai", "f")
+    assert isinstance(result, Transient)
+    assert result.reason is RetryReason.CONNECTION, result
+    assert "ConnectError" in result.detail
 
 
 @pytest.mark.parametrize(("tenant", "label"), [(TENANT_C, "openai"), (TENANT_B, "azure")])

@@ -77,6 +77,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _MAY_HOLD_CREDENTIAL = re.compile(
     r"authorization|api[-_]?key|passw|pwd|secret|token|bearer|sk-|://", re.IGNORECASE
 )
+# The same literals for ASCII text, where IGNORECASE is exactly lower() (the property test
+# checks that both agree).
+_CREDENTIAL_LITERALS = (
+    "authorization", "apikey", "api-key", "api_key", "passw", "pwd", "secret", "token",
+    "bearer", "sk-", "://",
+)  # fmt: skip
 _MIN_SECRET_LENGTH = 4  # shorter values cannot be masked without mangling every line
 _MAX_DEPTH = 8
 _HANDLER_NAME = "cleanup-worker"
@@ -120,12 +126,25 @@ def redact_secrets(text: str) -> str:
     none. Registered secrets are arbitrary strings, so they are masked before that check.
     """
     text = _secrets.mask(text)  # arbitrary strings: never behind the pre-filter
-    if not _MAY_HOLD_CREDENTIAL.search(text):
+    if not _may_hold_credential(text):
         return text
     text = redact_passwords(text)  # DSN forms are the config module's to know
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _may_hold_credential(text: str) -> bool:
+    """Whether ``text`` holds one of the credential patterns' literals (``_MAY_HOLD_CREDENTIAL``).
+
+    ASCII text (ids, queue names, outcomes: nearly every value) is lowered and searched with
+    ``in``: a quarter of a JSON line's cost less than the case-insensitive regex. Other text
+    goes through the regex, which also folds lookalikes (U+0131, U+017F, U+212A).
+    """
+    if text.isascii():
+        lowered = text.lower()
+        return any(literal in lowered for literal in _CREDENTIAL_LITERALS)
+    return _MAY_HOLD_CREDENTIAL.search(text) is not None
 
 
 @functools.lru_cache(maxsize=1024)
