@@ -1963,13 +1963,18 @@ async def s11_lease_ping_pong(server: PostgresServer, workdir: Path, size: str) 
     config = {
         "outbox.batch_size": 5,
         "outbox.lease_seconds": 5,
+        # Two handlers per replica: the backlog lasts several lease periods, so leases can
+        # bounce; at the default the pair drained the small seed before one lease expired.
+        "outbox.concurrency": 2,
         "outbox.retry.max_deliveries": max_deliveries,
         "cleanup.file_concurrency": 2,
     }
     v = Verdict()
     async with h.cluster(server, workdir, "s11", fake_latency=0.4, config=config) as c:
-        pair = await c.start_replicas(2)
+        # The backlog first, then the replicas: seeded while they ran, a fast worker kept up
+        # with the seed and drained before a lease could bounce ("only 0 freezes").
         world = await h.seed(c.dsn, c.fake, c.tenants, plan, c.rng)
+        pair = await c.start_replicas(2)
         started = time.monotonic()
         cursor = _CursorWatch()
         watcher = asyncio.create_task(cursor.watch(c))
