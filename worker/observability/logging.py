@@ -1,7 +1,7 @@
 """structlog setup for the daemon and the CLI, with secrets redacted from everything written.
 
 One pipeline renders both structlog events and stdlib records (psycopg, psycopg_pool, httpx2,
-openai: WARNING and above only) to one stream: one JSON object per line in production (or
+aiohttp, openai: WARNING and above only) to one stream: one JSON object per line in production (or
 whenever the stream is not a TTY), a readable console line otherwise. Every value, nested
 dicts and formatted tracebacks included, goes through ``redact_secrets`` before rendering,
 because the things most likely to end up in a log line — exception text from psycopg and the
@@ -51,7 +51,7 @@ from worker.config import redact_passwords
 
 REDACTED = "***"
 # Libraries whose stdlib records join the pipeline; their INFO/DEBUG chatter stays out.
-LIBRARY_LOGGERS = ("psycopg", "psycopg_pool", "httpx2", "httpcore2", "openai")
+LIBRARY_LOGGERS = ("psycopg", "psycopg_pool", "httpx2", "httpcore2", "aiohttp", "openai")
 _SENSITIVE_KEY = re.compile(r"key|password|passwd|secret|token|authorization", re.IGNORECASE)
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "Authorization: Bearer X", "'authorization': 'Basic X'", "api-key=X", "password = 'X'",
