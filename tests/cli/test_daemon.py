@@ -352,6 +352,32 @@ async def test_a_signal_delivered_twice_is_one_request(
     await _finish_with_drain(db, slow_fake, tmp_path, total)
 
 
+async def test_a_signal_while_the_process_exits_changes_nothing(
+    db: str, fake: FakeOpenAI, start_daemon: StartDaemon
+) -> None:
+    """Once the loops have stopped, a repeated SIGTERM is ignored until the process is gone.
+    Observed in CI: the README's `timeout … run` exited 143 after `worker_stopped`: the second
+    of `timeout`'s two signals came after the event loop had closed and put back the default
+    disposition, which kills the process."""
+    port = free_port()
+    daemon = start_daemon(make_config(fake), base_env(db), port)
+    await _probe(port, "/readyz", 200, daemon, STARTUP_SECONDS)
+
+    daemon.send(signal.SIGTERM)
+    await wait_for(lambda: _logged(daemon, "worker_stopped"), within=30, what="worker_stopped")
+    while daemon.running:  # every moment between the loops stopping and the exit
+        daemon.send(signal.SIGTERM)
+        await asyncio.sleep(0.002)
+    code = await daemon.wait(within=5)
+
+    assert code == 0, daemon.tail()
+    assert "worker_killed" not in [e.get("event") for e in daemon.events()]
+
+
+async def _logged(daemon: DaemonProcess, event: str) -> bool:
+    return event in daemon.output()
+
+
 async def _at_least(db: str, n: int) -> bool:
     return await _done(db) >= n
 

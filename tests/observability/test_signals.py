@@ -1,10 +1,12 @@
 """How the daemon takes SIGTERM/SIGINT: the first stops leasing; a later one exits at once; a
-repeat within DUPLICATE_SIGNAL_SECONDS, or one after the loops have stopped, changes nothing.
+repeat within DUPLICATE_SIGNAL_SECONDS changes nothing; once the loops have stopped the process
+ignores both signals.
 The process-level scenarios are in tests/cli/test_daemon.py; these pin the rule itself."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -44,10 +46,19 @@ async def test_a_second_signal_after_the_window_exits_at_once(
         daemon.stop()
 
 
-async def test_a_signal_after_the_loops_stopped_is_ignored(
-    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(daemon_module, "DUPLICATE_SIGNAL_SECONDS", 0.0)
+@pytest.fixture
+def restored_signals() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("restored_signals")
+async def test_once_the_loops_stopped_the_process_ignores_signals(daemon: Daemon) -> None:
+    """Ignored by the process, not by a handler of the event loop, which closing the loop
+    would replace with the default (which kills)."""
     daemon.stop()
     await daemon._run_loops()  # stopping is set: every loop ends at once
-    daemon.stop()  # nothing left to interrupt: no exit
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

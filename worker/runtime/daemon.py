@@ -16,7 +16,10 @@ deadline; then interrupt what is left, whose messages the ack parks as due at on
 and exit 0. A second signal exits at once: leases simply expire, nothing is lost. A repeat
 within DUPLICATE_SIGNAL_SECONDS of the first is the same request delivered twice (`timeout`
 signals the child and then its process group; `uv run` forwards what the terminal also sent),
-and a signal after the loops have stopped has nothing left to interrupt: both are ignored.
+and a signal after the loops have stopped has nothing left to interrupt: both are ignored. The
+latter is ignored by the process itself (SIG_IGN), because closing the event loop would put back
+the default disposition, which kills: `timeout`'s second signal made `run` exit 143 after a
+clean stop.
 """
 
 from __future__ import annotations
@@ -81,7 +84,6 @@ class Daemon:
         self._readiness: tuple[float, tuple[bool, str]] | None = None
         self._readiness_check: asyncio.Task[tuple[bool, str]] | None = None
         self._first_signal_at: float | None = None
-        self._loops_stopped = False
 
     async def run(self) -> int:
         """Run until a signal (exit 0) or a crashed loop (exit 1)."""
@@ -116,8 +118,8 @@ class Daemon:
     def stop(self) -> None:
         now = time.monotonic()
         if self._first_signal_at is not None:
-            if self._loops_stopped or now - self._first_signal_at < DUPLICATE_SIGNAL_SECONDS:
-                return  # a duplicate delivery, or nothing left to interrupt
+            if now - self._first_signal_at < DUPLICATE_SIGNAL_SECONDS:
+                return  # the same request delivered twice
             log.warning("worker_killed", reason="second signal: exiting at once")
             os._exit(1)
         self._first_signal_at = now
@@ -128,6 +130,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+
+    @staticmethod
+    def _ignore_further_signals() -> None:
+        """Nothing is left to interrupt: the process only closes its pool and exits."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
 
     async def _run_loops(self) -> None:
         tasks = [asyncio.create_task(self._loop(name, step, idle), name=name)
@@ -142,7 +152,7 @@ class Daemon:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._loops_stopped = True
+        self._ignore_further_signals()
 
     def _loops(self) -> list[tuple[str, Step, float]]:
         config, engine = self.app.config, self.app.engine
