@@ -1,4 +1,5 @@
-"""Profile the worker during a drain: ``python -m bench.profile [attachments|chats|noop] OUT``.
+"""Profile the worker during a drain:
+``python -m bench.profile [attachments|dbonly|chats|noop] OUT``.
 
 Runs one worker process on a backlog like B2's (zero-latency provider) and records it with
 py-spy (``pip install py-spy``; not a dependency of the harness): OUT.txt gets the collapsed
@@ -37,8 +38,8 @@ async def profile(kind: str, out: Path, messages: int, seconds: float) -> None:
         try:
             if kind == "chats":
                 await seed.seed_chats(db.conn, messages, attachments_per_chat=5)
-            elif kind == "attachments":
-                await seed.seed_attachments(db.conn, messages)
+            elif kind in ("attachments", "dbonly"):
+                await seed.seed_attachments(db.conn, messages, with_files=kind == "attachments")
             else:
                 await seed.seed_noop(db.conn, messages)
             while await acked(db) < max(1, messages // 20):  # noqa: ASYNC110 (polls the database)
@@ -73,7 +74,7 @@ def _top(raw: Path, limit: int = 40) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("kind", choices=["attachments", "chats", "noop"])
+    parser.add_argument("kind", choices=["attachments", "dbonly", "chats", "noop"])
     parser.add_argument("out", type=Path, help="output path without suffix")
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=20.0)

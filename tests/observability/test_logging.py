@@ -172,6 +172,19 @@ def test_registered_secrets_are_redacted_everywhere() -> None:
     assert len(json_lines(stream)) == 3
 
 
+def test_a_secret_registered_after_a_value_was_logged_is_masked_from_then_on() -> None:
+    """Log values' redactions are remembered; registering a secret forgets them."""
+    key = "az-" + "late-registered-0043"
+    stream = configured()
+    log = structlog.get_logger()
+    log.info("worker_started", note=f"using {key}")
+    register_secret(key)
+    log.info("worker_started", note=f"using {key}")
+    before, after = json_lines(stream)
+    assert key in before["note"]  # not yet a secret: nothing to mask it by
+    assert after["note"] == "using ***"
+
+
 def test_stdlib_library_records_join_the_pipeline_at_warning_and_above() -> None:
     stream = configured(level="debug")
     logging.getLogger("psycopg.pool").info("noise")
