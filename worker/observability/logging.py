@@ -152,10 +152,7 @@ def _may_hold_credential(text: str) -> bool:
     """
     if text.isascii():
         lowered = text.lower()
-        for literal in _CREDENTIAL_LITERALS:  # a loop, not any(): a generator per text cost more
-            if literal in lowered:
-                return True
-        return False
+        return any(literal in lowered for literal in _CREDENTIAL_LITERALS)
     return _MAY_HOLD_CREDENTIAL.search(text) is not None
 
 
