@@ -61,6 +61,26 @@ MATRIX: list[tuple[str, Step, DeleteResult, str]] = [
         Transient(T.NOT_DELETED, "openai answered 2xx without deleted: true"),
         "not_deleted",
     ),
+    (
+        "200 json content type, broken body",
+        httpx2.Response(
+            200, content=b'{"deleted": tr', headers={"content-type": "application/json"}
+        ),
+        Transient(T.NOT_DELETED, "openai answered 2xx without deleted: true"),
+        "not_deleted",
+    ),
+    (
+        "200 deleted as a string",
+        httpx2.Response(200, json={"id": "x", "deleted": "true"}),
+        Transient(T.NOT_DELETED, "openai answered 2xx without deleted: true"),
+        "not_deleted",
+    ),
+    (
+        "200 nested past the parser's depth",
+        httpx2.Response(200, content=b"[" * 100_000, headers={"content-type": "application/json"}),
+        Transient(T.NOT_DELETED, "openai answered 2xx without deleted: true"),
+        "not_deleted",
+    ),
     # 404s: tests/providers/test_not_found.py (the answer depends on the object asked for).
     (
         "429 retry-after seconds",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
@@ -113,7 +113,8 @@ class CleanupRepository:
         self._marks = Batcher(self._mark_done_batch, key=lambda call: call.attachment_id)
 
     def _receipt_params(self, receipt: Receipt | None) -> dict[str, Any]:
-        fields = _NO_RECEIPT if receipt is None else asdict(receipt)
+        # vars(), not asdict(): asdict deep-copies every UUID (3 % of a cleanup's CPU).
+        fields = _NO_RECEIPT if receipt is None else vars(receipt)
         return {**fields, "worker_id": self._worker_id}
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

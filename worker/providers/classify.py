@@ -29,7 +29,7 @@ import email.utils
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,19 +134,25 @@ def recognised_not_found(response: httpx2.Response, target: Target) -> NotFoundB
     return next((row for row in NOT_FOUND_BODIES if row.matches(error, target)), None)
 
 
-def classify_response(status: int, parse: Callable[[], object], *, backend: str) -> DeleteResult:
-    """A 2xx answer: 204 No Content (Azure GA file deletes) or an explicit ``deleted: true``."""
-    if status == 204:
-        return Deleted()
-    try:
-        body = parse()
-    except ValueError:  # a JSON content type with a body that is not JSON
-        return Transient(RetryReason.NOT_DELETED, f"{backend} answered {status} with a broken body")
-    # Without strict validation the SDK returns whatever parsed (even a str for an HTML page),
-    # and a missing field reads as None: anything but the boolean True is "not confirmed".
-    if getattr(body, "deleted", None) is True:
+def classify_response(status: int, content: bytes, *, backend: str) -> DeleteResult:
+    """A 2xx answer: 204 No Content (Azure GA file deletes) or an explicit ``deleted: true``.
+
+    The body is read as JSON here rather than parsed into the SDK's model (``parse()``): that
+    cost 6 % of a delete's CPU in the worker (cProfile), and only one field of it is read.
+    """
+    if status == 204 or _says_deleted(content):
         return Deleted()
     return Transient(RetryReason.NOT_DELETED, f"{backend} answered 2xx without deleted: true")
+
+
+def _says_deleted(content: bytes) -> bool:
+    """A JSON object whose ``deleted`` is the boolean True; anything else (HTML, a broken or
+    absurdly nested body, a missing field) does not confirm a deletion."""
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("deleted") is True
 
 
 def classify_exception(

@@ -35,7 +35,7 @@ Operation = Literal["delete_file", "delete_vector_store"]
 
 
 class RawResponse(Protocol):
-    """The SDK's raw response (``with_raw_response``): status, headers, the body on demand."""
+    """The SDK's raw response (``with_raw_response``): status, headers, the read response."""
 
     @property
     def status_code(self) -> int: ...
@@ -43,7 +43,8 @@ class RawResponse(Protocol):
     @property
     def headers(self) -> httpx2.Headers: ...
 
-    def parse(self) -> object: ...
+    @property
+    def http_response(self) -> httpx2.Response: ...
 
 
 # Connect fails fast (a dead host should not eat the whole attempt); capped by the attempt.

@@ -358,7 +358,7 @@ class ProviderGateway:
             if isinstance(response, httpx2.Response):
                 return _with_evidence(result, route, response.status_code, response.headers)
             return result
-        result = classify_response(raw.status_code, raw.parse, backend=route.label)
+        result = classify_response(raw.status_code, raw.http_response.content, backend=route.label)
         return _with_evidence(result, route, raw.status_code, raw.headers)
 
     def _observe(self, backend: str, operation: str, result: DeleteResult, seconds: float) -> None:
