@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from worker.observability.logging import (
+    bind_log_context,
     configure_logging,
     redact_event,
     redact_secrets,
@@ -43,13 +45,15 @@ def configured(log_format: str = "json", level: str = "info") -> io.StringIO:
 def test_json_mode_writes_one_object_per_line_with_timestamp_level_and_context() -> None:
     stream = configured()
     log = structlog.get_logger().bind(queue="mini-chat.chat_cleanup", partition=2)
-    structlog.contextvars.bind_contextvars(replica="r-1")
-    try:
+
+    def in_a_task() -> None:
+        bind_log_context(replica="r-1", partition=99)  # the line's own values win
         log.info("batch_leased", size=3)
         log.info("message_handled", seq=7, outcome="ok", duration_ms=12.5)
-    finally:
-        structlog.contextvars.clear_contextvars()
-    first, second = json_lines(stream)
+
+    contextvars.copy_context().run(in_a_task)
+    log.info("worker_stopped")  # outside the task: none of its context
+    first, second, outside = json_lines(stream)
     assert first["event"] == "batch_leased"
     assert first["level"] == "info"
     assert first["queue"] == "mini-chat.chat_cleanup"
@@ -59,6 +63,7 @@ def test_json_mode_writes_one_object_per_line_with_timestamp_level_and_context()
     assert "T" in first["timestamp"]
     assert second["seq"] == 7
     assert second["outcome"] == "ok"
+    assert "replica" not in outside
 
 
 def test_auto_mode_is_json_when_not_a_tty_and_console_mode_is_not_json() -> None:

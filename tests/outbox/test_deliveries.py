@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-import structlog
 from psycopg_pool import AsyncConnectionPool
 from structlog.testing import capture_logs
 
 from worker.models import Message, Retry, RetryReason
+from worker.observability.logging import merge_log_context
 from worker.outbox import processor, retrier
 from worker.outbox.capacity import Capacity
 from worker.outbox.delivery import Runner
@@ -53,7 +53,7 @@ async def test_expired_partition_leases_do_not_use_up_a_messages_deliveries(pool
         await expire_lease(conn, AQ, 0)
     assert (await processor_row(conn, AQ, 0))["attempts"] == CHURN
 
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_log_context]) as logs:
         report = await drain(engine, AQ)
 
     assert report.handled == 2

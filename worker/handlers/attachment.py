@@ -18,6 +18,7 @@ from worker.handlers.files import FILE_KEPT, CleanupContext, clean_file, keep_fi
 from worker.handlers.payloads import AttachmentDeleted, InvalidPayload, parse_attachment_deleted
 from worker.handlers.repository import StoredAttachment, TakenAttachment
 from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.observability.logging import bind_log_context
 
 log = structlog.get_logger("worker.handlers")
 
@@ -31,7 +32,7 @@ class AttachmentCleanupHandler:
             event = parse_attachment_deleted(message.payload, message.payload_type)
         except InvalidPayload as exc:
             return Reject(f"invalid payload: {exc}")
-        structlog.contextvars.bind_contextvars(
+        bind_log_context(
             tenant_id=str(event.tenant_id),
             chat_id=str(event.chat_id),
             attachment_id=str(event.attachment_id),

@@ -26,6 +26,7 @@ from worker.handlers.files import VECTOR_STORE, CleanupContext, clean_file, keep
 from worker.handlers.payloads import ChatSoftDeleted, InvalidPayload, parse_chat_soft_deleted
 from worker.handlers.repository import PendingAttachment, Receipt, VectorStoreRow
 from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.observability.logging import bind_log_context
 from worker.providers.results import Deleted, Permanent, Transient
 
 log = structlog.get_logger("worker.handlers")
@@ -41,7 +42,7 @@ class ChatCleanupHandler:
             event = parse_chat_soft_deleted(message.payload, message.payload_type)
         except InvalidPayload as exc:
             return Reject(f"invalid payload: {exc}")
-        structlog.contextvars.bind_contextvars(  # the chat service's id: its logs join ours
+        bind_log_context(  # the chat service's id: its logs join ours
             tenant_id=str(event.tenant_id),
             chat_id=str(event.chat_id),
             system_request_id=str(event.system_request_id),

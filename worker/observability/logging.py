@@ -35,6 +35,7 @@ Event vocabulary (stable: dashboards and tests match on it; context is bound onc
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import re
@@ -42,6 +43,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import IO, Literal
 
 import structlog
@@ -86,6 +88,29 @@ _CREDENTIAL_LITERALS = (
 _MIN_SECRET_LENGTH = 4  # shorter values cannot be masked without mangling every line
 _MAX_DEPTH = 8
 _HANDLER_NAME = "cleanup-worker"
+
+
+_NO_CONTEXT: Mapping[str, object] = MappingProxyType({})
+_log_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
+    "cleanup_worker_log_context", default=_NO_CONTEXT
+)
+
+
+def bind_log_context(**values: object) -> None:
+    """Put ``values`` on every line this task (and the tasks it starts) logs from now on.
+
+    One context variable holding the whole mapping, where structlog's ``bind_contextvars``
+    keeps a variable per key and its ``merge_contextvars`` walks the whole context on every
+    line: 6 us per message for its seven keys, 1 us this way.
+    """
+    _log_context.set({**_log_context.get(), **values})
+
+
+def merge_log_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the bound context under the line's own values (those win)."""
+    for key, value in _log_context.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 class _SecretRegistry:
@@ -163,6 +188,9 @@ def _is_sensitive_key(key: str) -> bool:
     return _SENSITIVE_KEY.search(key) is not None
 
 
+_PLAIN_TYPES = (int, float, bool, type(None))  # exact types: nothing to redact in them
+
+
 def _redact_value(value: object, depth: int = 0) -> object:
     if isinstance(value, str):
         return _redact_logged_text(value)
@@ -189,7 +217,9 @@ def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
             continue
         if _is_sensitive_key(key):
             event_dict[key] = REDACTED
-        else:
+        elif type(value) is str:  # nearly every value: straight to the remembered redaction
+            event_dict[key] = _redact_logged_text(value)
+        elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = _redact_value(value)
     return event_dict
 
@@ -260,7 +290,7 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=_isatty(out))
     )
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        merge_log_context,
         structlog.processors.add_log_level,
         structlog.processors.StackInfoRenderer(),
         # Tracebacks become text here so redact_event sees (and cleans) them.

@@ -20,6 +20,7 @@ import structlog
 
 from worker.errors import DatabaseUnavailable
 from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.observability.logging import bind_log_context
 from worker.outbox.capacity import Capacity
 from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
@@ -203,14 +204,14 @@ class Runner:
 
     async def _run_one(self, envelope: Envelope) -> Handled:
         message = envelope.message
-        structlog.contextvars.bind_contextvars(
+        bind_log_context(
             queue=message.queue,
             partition=message.partition,
             seq=message.seq,
             delivery=message.delivery,
         )
         if envelope.suspect:  # handled alone after a lease that ended without an ack
-            structlog.contextvars.bind_contextvars(redelivered=True)
+            bind_log_context(redelivered=True)
         async with self._capacity.slot():
             started = time.monotonic()
             outcome = await self._call(message)
