@@ -211,10 +211,13 @@ def test_data_dir_needs_a_local_kind(reachable_dir: Path) -> None:
 # --- owners that die --------------------------------------------------------------------------
 
 _OWNER = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from cwlab.postgres import start_postgres, stop_servers_on_sigterm
 
+# A suite started in the background by a shell inherits SIGINT ignored, and Python keeps it so:
+# the owner answers Ctrl-C as a terminal's foreground process would, wherever the suite runs.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 stop_servers_on_sigterm()  # this owner process owns its signals
 data_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 server = start_postgres(sys.argv[1], data_dir=data_dir)
