@@ -93,3 +93,16 @@ def test_http_backends_compare_every_candidate() -> None:
     for name in CANDIDATES:
         assert f"{name}: worker CPU per call" in completed.stdout
     assert "least CPU per call" in completed.stderr
+
+
+@pytest.mark.timeout(300)
+def test_drain_cpu_measures_a_tree() -> None:
+    """``python -m bench.drain_cpu`` drains a seeded database with the tree's worker; a drain
+    that exits non-zero (anything left or failed) stops it."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.drain_cpu", "--kind", "call", "--messages", "50",
+         "--rounds", "1", str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "ms worker CPU per call cleanup" in completed.stdout
