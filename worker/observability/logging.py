@@ -3,11 +3,13 @@
 One pipeline renders both structlog events and stdlib records (psycopg, psycopg_pool, httpx2,
 aiohttp, openai: WARNING and above only) to one stream: one JSON object per line in production (or
 whenever the stream is not a TTY), a readable console line otherwise. Every value, nested
-dicts and formatted tracebacks included, goes through ``redact_secrets`` before rendering,
-because the things most likely to end up in a log line — exception text from psycopg and the
-SDK — are the ones that quote DSNs, headers and keys.
+dicts and formatted tracebacks included, goes through ``redact_secrets`` before rendering
+(all but the timestamp the pipeline stamps itself), because the things most likely to end up
+in a log line — exception text from psycopg and the SDK — are the ones that quote DSNs,
+headers and keys.
 
-Event vocabulary (stable: dashboards and tests match on it; context is bound once per task):
+Event vocabulary (stable: dashboards and tests match on it; context is bound once per task
+with ``bind_log_context``):
 
 ``worker_started``       the daemon is up (replica id, HTTP port)
 ``message_handled``      the one canonical line per message outcome: queue, partition, seq,
