@@ -12,6 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from worker.observability import logging as logging_module
 from worker.observability.logging import (
     bind_log_context,
     configure_logging,
@@ -188,6 +189,21 @@ def test_a_secret_registered_after_a_value_was_logged_is_masked_from_then_on() -
     before, after = json_lines(stream)
     assert key in before["note"]  # not yet a secret: nothing to mask it by
     assert after["note"] == "using ***"
+
+
+def test_long_values_are_redacted_every_time_not_remembered() -> None:
+    """Tracebacks and error texts are nearly always new: remembering them would only grow the
+    cache by kilobytes a line."""
+    stream = configured()
+    before = logging_module._remembered_redaction.cache_info().currsize
+    for n in range(20):
+        structlog.get_logger().error(
+            "handler_crashed", detail=f"{n} " + "x" * 10_000 + " " + API_KEY
+        )
+    lines = json_lines(stream)
+    assert logging_module._remembered_redaction.cache_info().currsize - before <= 2  # the names
+    assert len(lines) == 20
+    assert_clean(stream.getvalue())
 
 
 def test_stdlib_library_records_join_the_pipeline_at_warning_and_above() -> None:

@@ -143,7 +143,7 @@ _secrets = _SecretRegistry()
 def register_secret(value: str) -> None:
     """Mask every later occurrence of ``value`` in logs (API keys, DSN password, read at start)."""
     _secrets.add(value)
-    _redact_logged_text.cache_clear()  # its answers were for the secrets known before
+    _remembered_redaction.cache_clear()  # its answers were for the secrets known before
 
 
 def redact_secrets(text: str) -> str:
@@ -162,11 +162,25 @@ def redact_secrets(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=4096)
+_REMEMBERED_MAX_CHARS = 256  # ids, names, outcomes; not tracebacks or error texts
+
+
 def _redact_logged_text(text: str) -> str:
-    """``redact_secrets`` for log values, remembered: most values of a line come again in the
-    next ones (event names, queues, outcomes, a message's tenant, chat and attachment ids), and
-    redacting them was over half of a line's cost. Cleared whenever a secret is registered."""
+    """``redact_secrets`` for a log value, remembered when it is short.
+
+    Most values of a line come again in the next ones (event names, queues, outcomes, a
+    message's tenant, chat and attachment ids), and redacting them was over half of a line's
+    cost. Long texts (tracebacks, error bodies) are nearly always new and would make the
+    cache hold megabytes, so they are redacted every time.
+    """
+    if len(text) > _REMEMBERED_MAX_CHARS:
+        return redact_secrets(text)
+    return _remembered_redaction(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_redaction(text: str) -> str:
+    """Cleared whenever a secret is registered (``register_secret``)."""
     return redact_secrets(text)
 
 
