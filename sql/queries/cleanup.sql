@@ -12,11 +12,13 @@ SELECT EXISTS (
 -- The attachment path's one read-and-take (SPEC §13: the row is the truth). Always one row:
 -- the attachment row (all NULL when it no longer exists), as the take left it when taken, and
 --   taken: the row passed every check below under its row lock and is now in cleanup
---          (NULL -> pending; a pending or failed row stays as it is). The checks: it agrees
---          with the message on tenant, chat, backend and file id, it is not live (soft-deleted,
---          or its chat is), and it is not done. One UPDATE is the compare-and-set: PostgreSQL
---          re-evaluates the WHERE on the row's newest version once it holds the row lock, so a
---          restore committed before the take is seen and nothing is taken.
+--          (NULL -> pending; a pending or failed row stays as it is; a row without a provider
+--          file has nothing left to do and turns done, so its message needs no second
+--          statement). The checks: it agrees with the message on tenant, chat, backend and
+--          file id, it is not live (soft-deleted, or its chat is), and it is not done. One
+--          UPDATE is the compare-and-set: PostgreSQL re-evaluates the WHERE on the row's
+--          newest version once it holds the row lock, so a restore committed before the take
+--          is seen and nothing is taken.
 --   chat_deleted: the message's chat is soft-deleted.
 --   file_in_live_use: another live attachment (not soft-deleted, chat not deleted) references
 --          the message's file id: that file must stay. Index-backed by
@@ -25,9 +27,13 @@ SELECT EXISTS (
 -- (then both agree) or is gone, and as uncorrelated subqueries each runs once, on the index.
 WITH taken AS (
     UPDATE attachments a
-    SET cleanup_status = coalesce(a.cleanup_status, 'pending'),
+    SET cleanup_status = CASE
+            WHEN a.provider_file_id IS NULL THEN 'done'  -- no file: the take finishes it
+            ELSE coalesce(a.cleanup_status, 'pending')
+        END,
         cleanup_updated_at = CASE
-            WHEN a.cleanup_status IS NULL THEN now() ELSE a.cleanup_updated_at
+            WHEN a.cleanup_status IS NULL OR a.provider_file_id IS NULL THEN now()
+            ELSE a.cleanup_updated_at
         END
     FROM chats c
     WHERE a.id = %(attachment_id)s AND c.id = a.chat_id
@@ -93,9 +99,13 @@ locked AS (
 ),
 taken AS (
     UPDATE attachments a
-    SET cleanup_status = coalesce(a.cleanup_status, 'pending'),
+    SET cleanup_status = CASE
+            WHEN a.provider_file_id IS NULL THEN 'done'  -- no file: the take finishes it
+            ELSE coalesce(a.cleanup_status, 'pending')
+        END,
         cleanup_updated_at = CASE
-            WHEN a.cleanup_status IS NULL THEN now() ELSE a.cleanup_updated_at
+            WHEN a.cleanup_status IS NULL OR a.provider_file_id IS NULL THEN now()
+            ELSE a.cleanup_updated_at
         END
     FROM input i, chats c
     WHERE a.id IN (SELECT id FROM locked) AND a.id = i.attachment_id AND c.id = a.chat_id

@@ -5,6 +5,7 @@ Upstream §7.7 planned these repository tests but never wrote them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -199,6 +200,30 @@ async def test_take_attachment(pool: AsyncConnectionPool, conn: Conn) -> None:
     )
     missing = event_for(fresh, attachment_id=uuid.uuid4(), provider_file_id="file-nobody")
     assert await repo.take_attachment(missing) == TakenAttachment(None, None, False, False, False)
+
+
+async def test_a_row_without_a_file_is_taken_straight_to_done(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Nothing to delete, so the take finishes the row: by the batched statement, and by the
+    single-row one that waits for a row another transaction held."""
+    repo = CleanupRepository(pool)
+    chat = await create_chat(conn)
+    free, held = [
+        await create_attachment(conn, chat.id, chat.tenant_id, None, deleted_at=NOW)
+        for _ in range(2)
+    ]
+    assert await repo.take_attachment(event_for(free)) == TakenAttachment(
+        stored(free), "done", True, False, False
+    )
+    async with pool.connection() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM attachments WHERE id = %s FOR UPDATE", (held.id,))
+        waiting = asyncio.ensure_future(repo.take_attachment(event_for(held)))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+    assert await waiting == TakenAttachment(stored(held), "done", True, False, False)
+    for att in (free, held):
+        assert await _status(conn, att.id) == ("done", 0, None)
 
 
 async def test_take_attachment_reads_the_chat_state(pool: AsyncConnectionPool, conn: Conn) -> None:

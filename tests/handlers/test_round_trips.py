@@ -139,6 +139,24 @@ async def test_attachment_cleanup_takes_two_statements(
     assert statements == ["take_attachments", "mark_cleanups_done"]
 
 
+async def test_attachment_without_a_file_is_finished_by_its_take(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """Nothing to delete: the take itself turns the row done (was take, then mark-done)."""
+    ctx, statements = context(pool, Provider())
+    msg = await attachment_message(conn, await create_chat(conn), file_id=None)
+
+    assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
+
+    assert statements == ["take_attachments"]
+    attachment_id = json.loads(msg.payload)["attachment_id"]
+    cur = await conn.execute(
+        "SELECT cleanup_status, cleanup_updated_at IS NOT NULL FROM attachments WHERE id = %s",
+        (attachment_id,),
+    )
+    assert await cur.fetchone() == ("done", True)
+
+
 async def test_attachment_of_a_deleted_chat_takes_one_statement(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:

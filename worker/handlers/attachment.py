@@ -51,6 +51,8 @@ class AttachmentCleanupHandler:
         if taken.chat_deleted:
             return Ok()  # ownership passed to the chat path, which adopts this row
         row = taken.row  # as taken: it agrees with the message and is not live
+        if row.provider_file_id is None:
+            return Ok()  # nothing to delete: the take turned the row done
         if taken.file_in_live_use and row.provider_file_id is not None:
             await keep_file(self._ctx, event.attachment_id, row.provider_file_id)
             return Ok()
