@@ -132,6 +132,32 @@ async def test_both_flavors_route_per_tenant_and_404_is_idempotent(
     )
 
 
+async def test_requests_carry_no_sdk_telemetry_headers(
+    fake: FakeOpenAI, gateways: list[ProviderGateway]
+) -> None:
+    """The SDK's ``X-Stainless-*`` telemetry (its platform, retry count and read timeout) tells
+    the API nothing a delete needs, and building them was a fifth of the SDK's work per
+    request; authentication, routing headers and the user agent stay."""
+    fake.add_file("fb")
+    fake.add_vector_store("vsa")
+    gateway = make(gateways, routing(fake))
+
+    assert await gateway.delete_file(TENANT_B, "openai", "fb") == Deleted()
+    assert await gateway.delete_vector_store(TENANT_A, "azure", "vsa") == Deleted()
+
+    requests = fake.requests()
+    assert len(requests) == 2
+    for request in requests:
+        names = {name.lower() for name in request.headers}
+        # The one left is the SDK's own switch for answering with the raw response.
+        assert {name for name in names if name.startswith("x-stainless")} == {
+            "x-stainless-raw-response"
+        }
+        assert "user-agent" in names
+    assert [r.auth_scheme for r in requests] == ["bearer", "api-key"]
+    assert requests[1].headers.get("openai-beta") == "assistants=v2"
+
+
 @pytest.mark.parametrize(("tenant", "label"), [(TENANT_B, "openai"), (TENANT_A, "azure")])
 async def test_429_with_retry_after_is_handed_back(
     fake: FakeOpenAI, gateways: list[ProviderGateway], tenant: Any, label: str

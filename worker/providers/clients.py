@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, cast
 
 import aiohttp
 import httpx2
-from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAioHttpClient, omit
 
 # The transport DefaultAioHttpClient builds, constructed here to give its aiohttp session the
 # ``_no_resend`` middleware (the SDK exposes no other way to reach that session).
@@ -32,6 +32,13 @@ from worker.providers.results import Transient
 from worker.providers.routing import KeyUnavailable, Route, RouteId
 
 Operation = Literal["delete_file", "delete_vector_store"]
+
+# The SDK's telemetry headers (``X-Stainless-*``: its platform on the client; the retry count
+# and read timeout per request) tell the API nothing a delete needs, and merging them into
+# every request was a fifth of the SDK's request building (docs/PERFORMANCE.md). Omitting
+# them is the SDK's own mechanism (``Omit``), client-wide and per request.
+_TELEMETRY_PREFIX = "x-stainless-"
+_NO_REQUEST_TELEMETRY = {"X-Stainless-Retry-Count": omit, "X-Stainless-Read-Timeout": omit}
 
 
 class RawResponse(Protocol):
@@ -148,12 +155,23 @@ def build_client(route: Route, api_key: str, pool: httpx2.AsyncClient) -> AsyncO
             max_retries=0,
             timeout=attempt_timeout(route.timeout_seconds),
         )
+    client = _without_telemetry(client)
     # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID when None is passed; one
     # process-wide org must not leak onto every tenant's upstream. Routing is config only:
     # each backend / tenant override names its own (the OpenAI-Organization / -Project headers).
     client.organization = route.organization
     client.project = route.project
     return client
+
+
+def _without_telemetry(client: AsyncOpenAI) -> AsyncOpenAI:
+    """The client with the SDK's client-wide telemetry headers omitted (names read from the
+    SDK, so a header a later version adds is omitted too)."""
+    names = [name for name in client.default_headers if name.lower().startswith(_TELEMETRY_PREFIX)]
+    # Typed Mapping[str, str], but the SDK merges client and request headers alike and drops
+    # an Omit from either (``_merge_headers``); tests/providers/test_gateway_http.py pins it.
+    omitted = cast(Mapping[str, str], dict.fromkeys(names, omit))
+    return client.with_options(default_headers=omitted)
 
 
 async def send_delete(
@@ -167,10 +185,14 @@ async def send_delete(
     """
     timeout = attempt_timeout(timeout_seconds)
     if operation == "delete_file":
-        file = await client.files.with_raw_response.delete(resource_id, timeout=timeout)
+        file = await client.files.with_raw_response.delete(
+            resource_id, timeout=timeout, extra_headers=_NO_REQUEST_TELEMETRY
+        )
         return cast(RawResponse, file)
     # The SDK adds the required ``OpenAI-Beta: assistants=v2`` header itself (tested).
-    store = await client.vector_stores.with_raw_response.delete(resource_id, timeout=timeout)
+    store = await client.vector_stores.with_raw_response.delete(
+        resource_id, timeout=timeout, extra_headers=_NO_REQUEST_TELEMETRY
+    )
     return cast(RawResponse, store)
 
 
