@@ -6,10 +6,11 @@ Outcomes are values, not exceptions: a handler returns exactly one of ``Ok``, ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class RetryReason(StrEnum):
@@ -81,3 +82,28 @@ class Handler(Protocol):
     """What the engine calls for each message of a queue."""
 
     async def __call__(self, message: Message) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a handler's batch step made of one message: settled (``outcome``; its set-based
+    statement did all the work), or the rest of its handling (``rest``), run in a handler slot
+    like a whole handling. ``log`` names the message's rows on its log lines."""
+
+    outcome: Ok | None = None
+    rest: Callable[[], Awaitable[Outcome]] | None = None
+    log: Mapping[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class BatchHandler(Handler, Protocol):
+    """A handler whose first statement serves a whole batch (SPEC §15).
+
+    ``prepare`` gets the batch's trusted messages at once, before any runs, and answers each
+    with a ``Prepared`` or None (not prepared: the engine calls the handler for it as usual).
+    It must leave every message it does not settle as the handler would find it: what it
+    did is a step the handling would have taken anyway. Suspect messages are never prepared
+    (isolation.py): a payload that kills the process must do it while handled alone.
+    """
+
+    async def prepare(self, messages: Sequence[Message]) -> Sequence[Prepared | None]: ...

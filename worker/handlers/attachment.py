@@ -10,20 +10,28 @@ results are classified instead of "any answer is success".
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from uuid import UUID
 
 import structlog
 
 from worker.handlers.files import FILE_KEPT, CleanupContext, clean_file, keep_file
 from worker.handlers.payloads import AttachmentDeleted, InvalidPayload, parse_attachment_deleted
 from worker.handlers.repository import StoredAttachment, TakenAttachment
-from worker.models import Message, Ok, Outcome, Reject, Retry, RetryReason
+from worker.models import Message, Ok, Outcome, Prepared, Reject, Retry, RetryReason
 from worker.observability.logging import bind_log_context
 
 log = structlog.get_logger("worker.handlers")
 
 
+Step = Callable[[], Awaitable[Outcome]]
+
+
 class AttachmentCleanupHandler:
+    """A ``BatchHandler``: the takes of a batch's messages are one statement (``prepare``)."""
+
     def __init__(self, ctx: CleanupContext):
         self._ctx = ctx
 
@@ -32,31 +40,68 @@ class AttachmentCleanupHandler:
             event = parse_attachment_deleted(message.payload, message.payload_type)
         except InvalidPayload as exc:
             return Reject(f"invalid payload: {exc}")
-        bind_log_context(
-            tenant_id=str(event.tenant_id),
-            chat_id=str(event.chat_id),
-            attachment_id=str(event.attachment_id),
-        )
+        bind_log_context(**_rows_of(event))
         started = time.monotonic()
-        outcome = await self._clean(event)
-        self._ctx.metrics.observe_cleanup_latency("attachment_cleanup", time.monotonic() - started)
+        step = self._after_take(event, await self._ctx.repo.take_attachment(event))
+        outcome = step if isinstance(step, Ok) else await step()
+        self._observe(started)
         return outcome
 
-    async def _clean(self, event: AttachmentDeleted) -> Outcome:
-        taken = await self._ctx.repo.take_attachment(event)
+    async def prepare(self, messages: Sequence[Message]) -> list[Prepared | None]:
+        """Take the batch's rows in one statement (SPEC §15). A message whose row needs
+        nothing more (no file: the take finished it; its chat's cleanup owns it; already done)
+        is settled here; the others go on from their take when they run. Invalid payloads,
+        repeats of one attachment and rows another transaction holds are not prepared: their
+        own handling rejects, takes or waits for them as always."""
+        started = time.monotonic()
+        chosen = _first_of_each_attachment(messages)
+        takes = await self._ctx.repo.take_attachments([event for _, event in chosen])
+        prepared: list[Prepared | None] = [None] * len(messages)
+        for (n, event), taken in zip(chosen, takes, strict=True):
+            if taken is not None:
+                prepared[n] = self._prepared(event, taken, started)
+        return prepared
+
+    def _prepared(
+        self, event: AttachmentDeleted, taken: TakenAttachment, started: float
+    ) -> Prepared:
+        step = self._after_take(event, taken)
+        if isinstance(step, Ok):
+            self._observe(started)
+            return Prepared(outcome=step, log=_rows_of(event))
+
+        async def rest() -> Outcome:
+            resumed = time.monotonic()
+            outcome = await step()
+            self._observe(resumed)
+            return outcome
+
+        return Prepared(rest=rest, log=_rows_of(event))
+
+    def _observe(self, started: float) -> None:
+        self._ctx.metrics.observe_cleanup_latency("attachment_cleanup", time.monotonic() - started)
+
+    def _after_take(self, event: AttachmentDeleted, taken: TakenAttachment) -> Ok | Step:
+        """What the take leaves to do: ``Ok`` when nothing, else the step still to run (a
+        delete, a kept file, or a refusal to log)."""
         if taken.row is None:
-            return await self._clean_purged(event, taken)
+            return self._after_purged(event, taken)
         if not taken.taken:
-            return self._not_taken(event, taken.row, taken)
+            refusal = _refusal(event, taken.row, chat_deleted=taken.chat_deleted)
+            if refusal is None and taken.status == "done":
+                return Ok()  # a redelivery: already finished
+            return functools.partial(_not_taken, refusal)
         if taken.chat_deleted:
             return Ok()  # ownership passed to the chat path, which adopts this row
         row = taken.row  # as taken: it agrees with the message and is not live
         if row.provider_file_id is None:
             return Ok()  # nothing to delete: the take turned the row done
-        if taken.file_in_live_use and row.provider_file_id is not None:
-            await keep_file(self._ctx, event.attachment_id, row.provider_file_id)
-            return Ok()
-        return await clean_file(
+        if taken.file_in_live_use:
+            return functools.partial(
+                keep_file, self._ctx, event.attachment_id, row.provider_file_id
+            )
+        return functools.partial(
+            clean_file,
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=row.tenant_id,
@@ -65,29 +110,15 @@ class AttachmentCleanupHandler:
             file_id=row.provider_file_id,
         )
 
-    def _not_taken(
-        self, event: AttachmentDeleted, row: StoredAttachment, taken: TakenAttachment
-    ) -> Outcome:
-        """The row refused the take: say why, without touching it."""
-        refusal = _refusal(event, row, chat_deleted=taken.chat_deleted)
-        if refusal is not None:
-            log.warning("attachment_message_refused", reason=refusal)
-            return Reject(refusal)
-        if taken.status == "done":
-            return Ok()  # a redelivery: already finished
-        # The row changed between this statement's read and its row lock (restored, or
-        # finished by the chat path): nothing was taken; the next delivery reads it afresh.
-        return Retry(RetryReason.CONFLICT, "attachment row changed while being taken", 0.0)
-
-    async def _clean_purged(self, event: AttachmentDeleted, taken: TakenAttachment) -> Outcome:
+    def _after_purged(self, event: AttachmentDeleted, taken: TakenAttachment) -> Ok | Step:
         """No row (chat purged): the message is the only record of the file, unless a live
         attachment still references it; then the file stays and the message is settled."""
-        if taken.chat_deleted:
-            return Ok()  # the chat path owns the chat's files
+        if taken.chat_deleted or event.provider_file_id is None:
+            return Ok()  # the chat path owns the chat's files; or there is no file
         if taken.file_in_live_use:
-            log.warning("file_kept", provider_file_id=event.provider_file_id, reason=FILE_KEPT)
-            return Ok()  # settled: nothing to record, the live attachment's cleanup owns it
-        return await clean_file(
+            return functools.partial(_keep_purged, event.provider_file_id)
+        return functools.partial(
+            clean_file,
             self._ctx,
             attachment_id=event.attachment_id,
             tenant_id=event.tenant_id,
@@ -96,6 +127,48 @@ class AttachmentCleanupHandler:
             file_id=event.provider_file_id,
             row_purged=True,
         )
+
+
+async def _not_taken(refusal: str | None) -> Outcome:
+    """The row refused the take: say why, without touching it."""
+    if refusal is not None:
+        log.warning("attachment_message_refused", reason=refusal)
+        return Reject(refusal)
+    # The row changed between this statement's read and its row lock (restored, or
+    # finished by the chat path): nothing was taken; the next delivery reads it afresh.
+    return Retry(RetryReason.CONFLICT, "attachment row changed while being taken", 0.0)
+
+
+async def _keep_purged(file_id: str) -> Outcome:
+    """Settled: nothing to record, the live attachment's cleanup owns the file."""
+    log.warning("file_kept", provider_file_id=file_id, reason=FILE_KEPT)
+    return Ok()
+
+
+def _first_of_each_attachment(messages: Sequence[Message]) -> list[tuple[int, AttachmentDeleted]]:
+    """The messages to prepare, by position, with their events. Left out: invalid payloads
+    (their handling rejects them) and repeats of an attachment already chosen (a statement
+    names each row once; the repeat takes its row itself)."""
+    seen: set[UUID] = set()
+    chosen: list[tuple[int, AttachmentDeleted]] = []
+    for n, message in enumerate(messages):
+        try:
+            event = parse_attachment_deleted(message.payload, message.payload_type)
+        except InvalidPayload:
+            continue
+        if event.attachment_id not in seen:
+            seen.add(event.attachment_id)
+            chosen.append((n, event))
+    return chosen
+
+
+def _rows_of(event: AttachmentDeleted) -> dict[str, object]:
+    """The ids a message's log lines carry."""
+    return {
+        "tenant_id": str(event.tenant_id),
+        "chat_id": str(event.chat_id),
+        "attachment_id": str(event.attachment_id),
+    }
 
 
 def _refusal(event: AttachmentDeleted, row: StoredAttachment, *, chat_deleted: bool) -> str | None:

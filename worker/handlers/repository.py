@@ -16,7 +16,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from worker.db import AsyncConnectionPool, Database
-from worker.db.batching import Batcher
+from worker.db.batching import MAX_BATCH, Batcher
 from worker.db.queries import q
 from worker.handlers.payloads import AttachmentDeleted
 
@@ -146,6 +146,17 @@ class CleanupRepository:
         another transaction is taken here by the single-row statement, which waits for it.
         """
         return await self._takes(event) or await self._take_waiting(event)
+
+    async def take_attachments(
+        self, events: Sequence[AttachmentDeleted]
+    ) -> list[TakenAttachment | None]:
+        """``take_attachment`` for a batch's messages, one statement per ``MAX_BATCH`` (the
+        attachment handler's batch step); None for a row another transaction held (busy),
+        which ``take_attachment`` then waits for. No attachment may appear twice."""
+        taken: list[TakenAttachment | None] = []
+        for start in range(0, len(events), MAX_BATCH):
+            taken += await self._take_batch(events[start : start + MAX_BATCH])
+        return taken
 
     async def _take_batch(
         self, events: Sequence[AttachmentDeleted]

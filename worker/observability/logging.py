@@ -37,6 +37,7 @@ with ``bind_log_context``):
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
@@ -44,7 +45,7 @@ import re
 import sys
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import IO, Literal
 
@@ -106,6 +107,17 @@ def bind_log_context(**values: object) -> None:
     line: 6 us per message for its seven keys, 1 us this way.
     """
     _log_context.set({**_log_context.get(), **values})
+
+
+@contextlib.contextmanager
+def log_context(**values: object) -> Iterator[None]:
+    """``values`` on the lines logged inside the ``with`` only (a task's own lines outside
+    it keep what the task bound): for lines about one message logged by a whole batch."""
+    token = _log_context.set({**_log_context.get(), **values})
+    try:
+        yield
+    finally:
+        _log_context.reset(token)
 
 
 def merge_log_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -12,19 +12,31 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
 import structlog
 
 from worker.errors import DatabaseUnavailable
-from worker.models import Handler, Message, Ok, Outcome, Reject, Retry, RetryReason
-from worker.observability.logging import bind_log_context
+from worker.models import (
+    BatchHandler,
+    Handler,
+    Message,
+    Ok,
+    Outcome,
+    Prepared,
+    Reject,
+    Retry,
+    RetryReason,
+)
+from worker.observability.logging import bind_log_context, log_context
 from worker.outbox.capacity import Capacity
 from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
+
+Continuation = Callable[[], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -173,11 +185,63 @@ class Runner:
         self._budget = budget_seconds
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
-        """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted)."""
-        tasks = [asyncio.create_task(self._run_one(e), name=_task_name(e)) for e in envelopes]
-        self._capacity.admit(len(tasks))
-        for created in tasks:  # done, failed or cancelled alike: its slot may be refilled
-            created.add_done_callback(lambda _: self._capacity.finish())
+        """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted).
+
+        Handlers with a batch step (``BatchHandler``) first prepare the trusted messages of
+        their queue together; a message that step settled ends here, without a task or slot.
+        """
+        self._capacity.admit(len(envelopes))
+        try:
+            prepared = await self._prepare(envelopes)
+        except BaseException:  # cancelled (shutdown): none of them will run
+            for _ in envelopes:
+                self._capacity.finish()
+            raise
+        settled: dict[int, Handled] = {}
+        tasks: dict[int, asyncio.Task[Handled]] = {}
+        for n, (envelope, early) in enumerate(zip(envelopes, prepared, strict=True)):
+            if early is not None and early.outcome is not None:
+                settled[n] = _settled_early(envelope, early, early.outcome)
+                self._capacity.finish()
+                continue
+            rest = early.rest if early is not None else None
+            task = asyncio.create_task(
+                self._run_one(envelope, early, rest), name=_task_name(envelope)
+            )
+            task.add_done_callback(lambda _: self._capacity.finish())  # done, failed, cancelled
+            tasks[n] = task
+        await self._wait(list(tasks.values()), abort)
+        return [
+            settled[n] if n in settled else self._result(tasks[n], envelope)
+            for n, envelope in enumerate(envelopes)
+        ]
+
+    async def _prepare(self, envelopes: Sequence[Envelope]) -> list[Prepared | None]:
+        """Each batch handler's step for its queue's trusted messages; None where there is
+        none, or where it failed (then each message's own handling meets the failure)."""
+        prepared: list[Prepared | None] = [None] * len(envelopes)
+        by_queue: dict[str, list[int]] = {}
+        for n, envelope in enumerate(envelopes):
+            message = envelope.message
+            if not envelope.suspect and len(message.payload) <= MAX_PAYLOAD_BYTES:
+                by_queue.setdefault(message.queue, []).append(n)
+        for queue, indexes in by_queue.items():
+            handler = self._handlers.get(queue)
+            if not isinstance(handler, BatchHandler):
+                continue
+            try:
+                async with asyncio.timeout(self._budget):
+                    got = await handler.prepare([envelopes[n].message for n in indexes])
+            except Exception as exc:  # the handlings run unprepared, each meeting it itself
+                log.warning("batch_prepare_failed", queue=queue, error=type(exc).__name__)
+                continue
+            for n, early in zip(indexes, got, strict=True):
+                prepared[n] = early
+        return prepared
+
+    @staticmethod
+    async def _wait(tasks: list[asyncio.Task[Handled]], abort: asyncio.Event) -> None:
+        """Until every task is done; on ``abort``, cancel the unfinished ones."""
         aborted = asyncio.create_task(abort.wait())
         pending: set[asyncio.Future[Any]] = set(tasks)
         try:
@@ -191,9 +255,6 @@ class Runner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        return [
-            self._result(task, envelope) for task, envelope in zip(tasks, envelopes, strict=True)
-        ]
 
     @staticmethod
     def _result(task: asyncio.Task[Handled], envelope: Envelope) -> Handled:
@@ -202,24 +263,24 @@ class Runner:
             return Handled(envelope, interrupted, 0.0)
         return task.result()
 
-    async def _run_one(self, envelope: Envelope) -> Handled:
+    async def _run_one(
+        self, envelope: Envelope, early: Prepared | None, rest: Continuation | None
+    ) -> Handled:
         message = envelope.message
-        bind_log_context(
-            queue=message.queue,
-            partition=message.partition,
-            seq=message.seq,
-            delivery=message.delivery,
-        )
+        bind_log_context(**_message_fields(message))
+        if early is not None:
+            bind_log_context(**early.log)
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             bind_log_context(redelivered=True)
         async with self._capacity.slot():
             started = time.monotonic()
-            outcome = await self._call(message)
+            outcome = await self._call(message, rest)
             seconds = time.monotonic() - started
         _log_outcome(outcome, seconds)
         return Handled(envelope, outcome, seconds)
 
-    async def _call(self, message: Message) -> Outcome:
+    async def _call(self, message: Message, rest: Continuation | None) -> Outcome:
+        """The handler on ``message``, or the ``rest`` its batch step left to run."""
         if (size := len(message.payload)) > MAX_PAYLOAD_BYTES:
             # Enqueue enforces the limit, but other producers write the tables directly: never
             # parse what no valid message can be (a 50 MB payload would stall every slot).
@@ -231,7 +292,7 @@ class Runner:
             return Reject(f"no handler for queue {message.queue!r}")
         try:
             async with asyncio.timeout(self._budget):
-                outcome = await handler(message)
+                outcome = await (rest() if rest is not None else handler(message))
         except TimeoutError:
             return Retry(RetryReason.HANDLER_TIMEOUT, f"handler exceeded {self._budget:g}s")
         except DatabaseUnavailable as exc:
@@ -243,6 +304,23 @@ class Runner:
             log.error("handler_bad_outcome", returned=type(outcome).__name__)
             return Retry(RetryReason.HANDLER_ERROR, f"handler returned {type(outcome).__name__}")
         return outcome
+
+
+def _message_fields(message: Message) -> dict[str, object]:
+    """Where a message's log lines say it came from."""
+    return {
+        "queue": message.queue,
+        "partition": message.partition,
+        "seq": message.seq,
+        "delivery": message.delivery,
+    }
+
+
+def _settled_early(envelope: Envelope, early: Prepared, outcome: Outcome) -> Handled:
+    """A message its batch step settled: logged as any handled message, in no time of its own."""
+    with log_context(**_message_fields(envelope.message), **early.log):
+        _log_outcome(outcome, 0.0)
+    return Handled(envelope, outcome, 0.0)
 
 
 def _log_outcome(outcome: Outcome, seconds: float) -> None:

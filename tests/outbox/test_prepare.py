@@ -1,0 +1,147 @@
+"""A handler's batch step (``BatchHandler.prepare``, SPEC §15) as the runner drives it.
+
+Messages the step settles end without a task or a handler slot; the others run the rest of
+their handling in a slot; a failing or hanging step costs nothing but the step (every message
+is handled as if there were none); suspect messages are never prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+from structlog.testing import capture_logs
+
+from worker.errors import DatabaseUnavailable
+from worker.models import Message, Ok, Outcome, Prepared, Reject, Retry, RetryReason
+from worker.observability.logging import merge_log_context
+from worker.outbox.capacity import Capacity
+from worker.outbox.delivery import Envelope, Runner
+
+from .helpers import AQ
+
+NOW = datetime.now(UTC)
+
+
+def envelopes(count: int, *, suspect: bool = False) -> list[Envelope]:
+    return [
+        Envelope(Message(AQ, 0, seq, b"{}", "application/json", NOW, 1), 1, suspect=suspect)
+        for seq in range(1, count + 1)
+    ]
+
+
+@dataclass
+class Batching:
+    """Settles even seqs in its step, leaves the rest of odd ones to run, skips seq 1."""
+
+    fail: BaseException | None = None
+    hang: bool = False
+    prepared: list[list[int]] = field(default_factory=list)
+    called: list[int] = field(default_factory=list)
+    rested: list[int] = field(default_factory=list)
+
+    async def __call__(self, message: Message) -> Outcome:
+        self.called.append(message.seq)
+        return Retry(RetryReason.SERVER_ERROR, "handled in full")
+
+    async def prepare(self, messages: Sequence[Message]) -> list[Prepared | None]:
+        self.prepared.append([m.seq for m in messages])
+        if self.hang:
+            await asyncio.sleep(60)
+        if self.fail is not None:
+            raise self.fail
+        return [self._prepared(m) for m in messages]
+
+    def _prepared(self, message: Message) -> Prepared | None:
+        if message.seq == 1:
+            return None
+        if message.seq % 2 == 0:
+            return Prepared(outcome=Ok(), log={"attachment_id": f"a{message.seq}"})
+
+        async def rest() -> Outcome:
+            self.rested.append(message.seq)
+            return Reject("rest ran")
+
+        return Prepared(rest=rest, log={"attachment_id": f"a{message.seq}"})
+
+
+async def test_settled_messages_need_no_slot_and_the_rest_runs_in_one() -> None:
+    handler = Batching()
+    capacity = Capacity(1)
+    runner = Runner({AQ: handler}, capacity, budget_seconds=5.0)
+
+    with capture_logs(processors=[merge_log_context]) as logs:
+        handled = await runner.run_all(envelopes(7), asyncio.Event())
+
+    assert handler.prepared == [[1, 2, 3, 4, 5, 6, 7]]
+    assert handler.called == [1]  # not prepared: handled as always
+    assert handler.rested == [3, 5, 7]
+    assert [type(h.outcome).__name__ for h in handled] == [
+        "Retry", "Ok", "Reject", "Ok", "Reject", "Ok", "Reject"
+    ]  # fmt: skip
+    assert capacity.idle
+    lines = {e["seq"]: e for e in logs if e["event"] == "message_handled"}
+    assert sorted(lines) == [1, 2, 3, 4, 5, 6, 7]  # one line per message, settled or not
+    assert lines[2]["outcome"] == "ok"
+    assert (lines[2]["attachment_id"], lines[2]["queue"], lines[2]["partition"]) == ("a2", AQ, 0)
+    assert lines[3]["attachment_id"] == "a3"
+    assert "attachment_id" not in lines[1]
+    # The settled messages' context stayed on their own lines.
+    assert all("attachment_id" not in e for e in logs if e["event"] != "message_handled")
+
+
+@pytest.mark.parametrize(
+    "failure", [RuntimeError("bug"), DatabaseUnavailable("database down")], ids=["bug", "down"]
+)
+async def test_a_failing_step_leaves_every_message_to_its_handler(failure: Exception) -> None:
+    handler = Batching(fail=failure)
+    runner = Runner({AQ: handler}, Capacity(4), budget_seconds=5.0)
+
+    with capture_logs() as logs:
+        handled = await runner.run_all(envelopes(4), asyncio.Event())
+
+    assert handler.called == [1, 2, 3, 4]
+    assert handler.rested == []
+    assert all(isinstance(h.outcome, Retry) for h in handled)
+    [warning] = [e for e in logs if e["event"] == "batch_prepare_failed"]
+    assert warning["error"] == type(failure).__name__
+
+
+async def test_a_hanging_step_is_cut_at_the_handler_budget() -> None:
+    handler = Batching(hang=True)
+    runner = Runner({AQ: handler}, Capacity(4), budget_seconds=0.2)
+
+    handled = await asyncio.wait_for(runner.run_all(envelopes(2), asyncio.Event()), 5)
+
+    assert handler.called == [1, 2]
+    assert [h.outcome for h in handled] == [Retry(RetryReason.SERVER_ERROR, "handled in full")] * 2
+
+
+async def test_suspect_messages_are_never_prepared() -> None:
+    handler = Batching()
+    runner = Runner({AQ: handler}, Capacity(4), budget_seconds=5.0)
+
+    await runner.run_all(envelopes(3, suspect=True), asyncio.Event())
+
+    assert handler.prepared == []
+    assert handler.called == [1, 2, 3]
+
+
+async def test_a_step_cancelled_by_shutdown_gives_back_every_admitted_message() -> None:
+    handler = Batching(hang=True)
+    capacity = Capacity(4)
+    runner = Runner({AQ: handler}, capacity, budget_seconds=30.0)
+
+    running = asyncio.create_task(runner.run_all(envelopes(3), asyncio.Event()))
+    while not handler.prepared:  # noqa: ASYNC110 (waits for the step to start)
+        await asyncio.sleep(0.01)
+    assert capacity.taken == 3
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert capacity.idle
+    assert handler.called == []
