@@ -16,29 +16,41 @@ async def _let_run() -> None:
         await asyncio.sleep(0)
 
 
-def test_taken_is_reserved_plus_unfinished_and_bounds_free_and_room() -> None:
-    capacity = Capacity(4)
-    assert (capacity.idle, capacity.free, capacity.room) == (True, 4, 8)
+def test_taken_is_reserved_plus_unfinished_and_bounds_wanted_and_room() -> None:
+    capacity = Capacity(4)  # ahead: 1 queued while all 4 slots run
+    assert (capacity.idle, capacity.wanted, capacity.room) == (True, 5, 8)
     assert capacity.lease_limit(10) == 10  # idle: a whole batch
 
     capacity.reserve(3)  # a lane is leasing
-    assert (capacity.taken, capacity.free, capacity.room, capacity.idle) == (3, 1, 5, False)
+    assert (capacity.taken, capacity.wanted, capacity.room, capacity.idle) == (3, 2, 5, False)
     assert capacity.lease_limit(10) == 5  # busy: its room only
     assert capacity.lease_limit(2) == 2  # never more than a batch
 
     capacity.admit(2)  # another lane's batch runs
-    assert (capacity.taken, capacity.free, capacity.room) == (5, 0, 3)
+    assert (capacity.taken, capacity.wanted, capacity.room) == (5, 0, 3)
     capacity.unreserve(3)  # the lease found nothing
-    assert (capacity.taken, capacity.free, capacity.room) == (2, 2, 6)
+    assert (capacity.taken, capacity.wanted, capacity.room) == (2, 3, 6)
     capacity.finish()
     capacity.finish()
     assert capacity.idle
 
 
-def test_free_and_room_never_go_below_zero() -> None:
+def test_a_process_with_every_slot_running_still_wants_a_quarter_of_its_slots_queued() -> None:
+    """So a slot that frees has its next message at hand, not a lease and a read away."""
+    capacity = Capacity(64)
+    capacity.admit(64)
+    assert (capacity.wanted, capacity.room) == (16, 64)
+    capacity.admit(16)
+    assert capacity.wanted == 0
+    few = Capacity(3)
+    few.admit(3)
+    assert few.wanted == 0  # a quarter of 3 slots is none: nothing queued ahead
+
+
+def test_wanted_and_room_never_go_below_zero() -> None:
     capacity = Capacity(2)
     capacity.admit(7)  # a batch larger than the room (a retry round takes its whole limit)
-    assert (capacity.free, capacity.room, capacity.lease_limit(10)) == (0, 0, 0)
+    assert (capacity.wanted, capacity.room, capacity.lease_limit(10)) == (0, 0, 0)
 
 
 def test_giving_back_what_was_never_taken_is_a_bug() -> None:
@@ -68,19 +80,19 @@ async def test_at_most_slots_handlers_run_at_once() -> None:
     assert peak == 2
 
 
-async def test_a_free_slot_is_free_at_once_and_a_full_process_waits_until_the_timeout() -> None:
+async def test_an_idle_process_wants_at_once_and_a_full_one_waits_until_the_timeout() -> None:
     capacity = Capacity(1)
-    assert await capacity.wait_for_free(timeout=0.0)
+    assert await capacity.wait_until_wanted(timeout=0.0)
     capacity.admit(1)
-    assert not await capacity.wait_for_free(timeout=0.05)
+    assert not await capacity.wait_until_wanted(timeout=0.05)
     capacity.finish()
-    assert await capacity.wait_for_free(timeout=0.0)
+    assert await capacity.wait_until_wanted(timeout=0.0)
 
 
 async def test_each_finished_message_wakes_one_waiting_lane() -> None:
     capacity = Capacity(2)
     capacity.admit(2)
-    lanes = [asyncio.create_task(capacity.wait_for_free(timeout=30)) for _ in range(3)]
+    lanes = [asyncio.create_task(capacity.wait_until_wanted(timeout=30)) for _ in range(3)]
     await _let_run()
     assert not any(lane.done() for lane in lanes)
 
@@ -98,7 +110,7 @@ async def test_each_finished_message_wakes_one_waiting_lane() -> None:
 async def test_a_reservation_given_back_wakes_up_to_that_many_lanes() -> None:
     capacity = Capacity(2)
     capacity.reserve(2)  # lanes leasing: the process looks full
-    lanes = [asyncio.create_task(capacity.wait_for_free(timeout=30)) for _ in range(3)]
+    lanes = [asyncio.create_task(capacity.wait_until_wanted(timeout=30)) for _ in range(3)]
     await _let_run()
     assert not any(lane.done() for lane in lanes)
 
@@ -113,7 +125,7 @@ async def test_a_reservation_handed_to_the_runner_keeps_the_slots_taken() -> Non
     lane woken by the unreserve finds the slots taken again and waits on."""
     capacity = Capacity(1)
     capacity.reserve(1)
-    lane = asyncio.create_task(capacity.wait_for_free(timeout=30))
+    lane = asyncio.create_task(capacity.wait_until_wanted(timeout=30))
     await _let_run()
 
     capacity.unreserve(1)
@@ -130,8 +142,8 @@ async def test_a_reservation_handed_to_the_runner_keeps_the_slots_taken() -> Non
 async def test_a_lane_that_gave_up_is_not_woken_in_place_of_one_still_waiting() -> None:
     capacity = Capacity(1)
     capacity.admit(1)
-    gave_up = asyncio.create_task(capacity.wait_for_free(timeout=0.05))
-    waiting = asyncio.create_task(capacity.wait_for_free(timeout=30))
+    gave_up = asyncio.create_task(capacity.wait_until_wanted(timeout=0.05))
+    waiting = asyncio.create_task(capacity.wait_until_wanted(timeout=30))
     assert await gave_up is False
 
     capacity.finish()  # its waiter is first in line, but done: the next one is woken
@@ -143,8 +155,8 @@ async def test_a_lane_that_gave_up_is_not_woken_in_place_of_one_still_waiting() 
 async def test_a_cancelled_lane_is_skipped_too() -> None:
     capacity = Capacity(1)
     capacity.admit(1)
-    cancelled = asyncio.create_task(capacity.wait_for_free(timeout=30))
-    waiting = asyncio.create_task(capacity.wait_for_free(timeout=30))
+    cancelled = asyncio.create_task(capacity.wait_until_wanted(timeout=30))
+    waiting = asyncio.create_task(capacity.wait_until_wanted(timeout=30))
     await _let_run()
     cancelled.cancel()
     await _let_run()

@@ -31,6 +31,30 @@ async def test_a_busy_process_takes_batches_of_its_room_only(pool, conn):
     assert (await busy).handled == 3
 
 
+async def test_a_process_with_every_slot_running_leases_the_next_messages_ahead(pool, conn):
+    """4 slots, 4 running: it still wants a quarter of its slots queued, so a slot that frees
+    starts its next message without waiting for a lease and a read; it takes its room."""
+    await enqueue_many(conn, AQ, 0, range(4))
+    release = asyncio.Event()
+
+    async def held(message: Message):
+        if message.partition == 0:
+            await release.wait()
+        return Ok()
+
+    engine = make_engine(pool, {AQ: held}, concurrency=4, batch_size=4)
+    await engine.sequence()
+    busy = asyncio.create_task(engine.process_partitions(AQ, max_partitions=1))
+    await asyncio.sleep(0.3)
+    await enqueue_many(conn, AQ, 1, range(10))
+    await engine.sequence()
+    assert await engine.wait_for_capacity(timeout=0.0)
+    ahead = await engine.process_partitions(AQ, max_partitions=1)
+    assert ahead.handled == 4  # room = 2 x 4 - 4
+    release.set()
+    assert (await busy).handled == 4
+
+
 async def test_a_saturated_process_leaves_partitions_to_others(pool, conn):
     await enqueue_many(conn, AQ, 0, range(4))
     await enqueue_many(conn, AQ, 1, range(4))

@@ -122,8 +122,9 @@ class Engine:
         return await vacuum(self.pool)
 
     async def wait_for_capacity(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Whether a handler slot is free, waiting up to ``timeout`` for one to free up."""
-        return await self._capacity.wait_for_free(timeout)
+        """Whether the process wants more messages (``Capacity.wanted``), waiting up to
+        ``timeout`` for a message to finish if it does not."""
+        return await self._capacity.wait_until_wanted(timeout)
 
     async def process_partitions(
         self,
@@ -135,14 +136,14 @@ class Engine:
     ) -> RoundReport:
         """Lease up to ``max_partitions`` partitions with work and process one batch of each.
 
-        Takes only what this process can soon start: nothing while all its handler slots are
-        taken and, while it is busy, batches of at most its ``room`` (free slots plus one wave
-        of queue). Leasing greedily parked whole batches of more partitions in busy replicas
-        while others idled: 4 replicas ran at under 2x one. ``stop`` set (the caller's "stop
-        leasing", e.g. SIGTERM): lease nothing.
+        Takes only what this process can soon start: nothing while it has its slots' worth of
+        messages and a quarter more (``Capacity.wanted``) and, while it is busy, batches of
+        at most its ``room`` (free slots plus one wave of queue). Leasing greedily parked whole
+        batches of more partitions in busy replicas while others idled: 4 replicas ran at under
+        2x one. ``stop`` set (the caller's "stop leasing", e.g. SIGTERM): lease nothing.
         """
         abort = abort or asyncio.Event()
-        if self._capacity.free == 0 or (stop is not None and stop.is_set()):
+        if self._capacity.wanted == 0 or (stop is not None and stop.is_set()):
             return RoundReport()
         limit = self._capacity.lease_limit(self.settings.batch_size)
         leases: list[processor.PartitionLease] = []

@@ -173,8 +173,8 @@ class Daemon:
         poll = self.app.config.outbox.poll_interval_seconds
 
         async def step() -> Turn:
-            # A full process leases nothing; waiting for a slot instead of a poll interval
-            # refills it as soon as a message finishes (lanes slept 1 s while slots idled).
+            # A full process leases nothing; waiting for a message to finish instead of a poll
+            # interval refills it at once (lanes slept 1 s while slots idled).
             if not await self.app.engine.wait_for_capacity(timeout=poll):
                 # The poll interval is spent: look again at once. No statement ran, so this
                 # turn is no sign that the database is up (it was taken as one).
