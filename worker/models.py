@@ -6,7 +6,7 @@ Outcomes are values, not exceptions: a handler returns exactly one of ``Ok``, ``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -86,24 +86,22 @@ class Handler(Protocol):
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a handler's batch step made of one message: settled (``outcome``; its set-based
-    statement did all the work), or the rest of its handling (``rest``), run in a handler slot
-    like a whole handling. ``log`` names the message's rows on its log lines."""
+    """A message its handler's batch step settled: the set-based statement did all its work.
+    ``log`` names the message's rows on its log line."""
 
-    outcome: Ok | None = None
-    rest: Callable[[], Awaitable[Outcome]] | None = None
+    outcome: Ok
     log: Mapping[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable
 class BatchHandler(Handler, Protocol):
-    """A handler whose first statement serves a whole batch (SPEC §15).
+    """A handler that can settle some of a batch's messages with one statement (SPEC §15).
 
     ``prepare`` gets the batch's trusted messages at once, before any runs, and answers each
-    with a ``Prepared`` or None (not prepared: the engine calls the handler for it as usual).
-    It must leave every message it does not settle as the handler would find it: what it
-    did is a step the handling would have taken anyway. Suspect messages are never prepared
-    (isolation.py): a payload that kills the process must do it while handled alone.
+    with a ``Prepared`` (settled: the engine records its outcome, no handler call) or None
+    (the engine calls the handler for it as usual). What it did to a message it left must be
+    what that message's handling would find and do again anyway. Suspect messages are never
+    prepared (isolation.py): a payload that kills the process must do it while handled alone.
     """
 
     async def prepare(self, messages: Sequence[Message]) -> Sequence[Prepared | None]: ...

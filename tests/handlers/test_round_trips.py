@@ -32,6 +32,7 @@ from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult
 
 NOW = datetime.now(UTC)
+AQ = "mini-chat.attachment_cleanup"
 NAMES = {query.text.encode(): name for name, query in queries().items()}
 
 
@@ -157,11 +158,11 @@ async def test_attachment_without_a_file_is_finished_by_its_take(
     assert await cur.fetchone() == ("done", True)
 
 
-async def test_a_batch_is_taken_by_one_statement_and_rows_without_files_settle_there(
+async def test_a_batchs_messages_without_files_are_settled_by_one_statement(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """``prepare`` (the engine's batch step): 6 messages, one statement. The 4 rows without a
-    file are done by it; the 2 with files go on from their take: deletes and one mark-done."""
+    """``prepare`` (the engine's batch step): the 4 rows without a file are done by one
+    statement; the 2 messages with files are left to their handling, untouched."""
     provider = Provider()
     ctx, statements = context(pool, provider)
     chat = await create_chat(conn)
@@ -173,14 +174,12 @@ async def test_a_batch_is_taken_by_one_statement_and_rows_without_files_settle_t
 
     assert statements == ["take_attachments"]
     assert [p.outcome if p is not None else None for p in prepared] == [Ok()] * 4 + [None] * 2
-    rests = [p.rest for p in prepared[4:] if p is not None and p.rest is not None]
-    assert len(rests) == 2
+    cur = await conn.execute(
+        "SELECT count(*) FILTER (WHERE cleanup_status = 'done'),"
+        " count(*) FILTER (WHERE cleanup_status IS NULL) FROM attachments"
+    )
+    assert await cur.fetchone() == (4, 2)
     assert provider.files_deleted == []
-    assert await asyncio.gather(*(rest() for rest in rests)) == [Ok(), Ok()]
-    assert statements == ["take_attachments", "mark_cleanups_done"]
-    assert sorted(provider.files_deleted) == ["file-0", "file-1"]
-    cur = await conn.execute("SELECT count(*) FROM attachments WHERE cleanup_status = 'done'")
-    assert await cur.fetchone() == (6,)
     first = json.loads(messages[0].payload)
     assert prepared[0] is not None
     assert prepared[0].log == {key: first[key] for key in ("tenant_id", "chat_id", "attachment_id")}
@@ -189,22 +188,28 @@ async def test_a_batch_is_taken_by_one_statement_and_rows_without_files_settle_t
 async def test_what_a_batch_step_leaves_to_each_messages_own_handling(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """Not prepared: an invalid payload (its handling rejects it), a second message for the
-    same attachment (one statement names a row once), a row another transaction holds."""
+    """Not settled: an invalid payload (its handling rejects it), a second message for the
+    same attachment (one statement names a row once), a row another transaction holds, a
+    message that disagrees with its row (its handling says why)."""
     ctx, statements = context(pool, Provider())
     chat = await create_chat(conn)
-    first, held = [await attachment_message(conn, chat) for _ in range(2)]
+    first, held = [await attachment_message(conn, chat, file_id=None) for _ in range(2)]
     invalid = message("mini-chat.attachment_cleanup", {"event_type": "attachment_deleted"})
+    with_file = await attachment_message(conn, chat)
+    lying = message(AQ, {**json.loads(with_file.payload), "provider_file_id": None})
     handler = AttachmentCleanupHandler(ctx)
     async with pool.connection() as holder, holder.transaction():
         held_id = json.loads(held.payload)["attachment_id"]
         await holder.execute("SELECT 1 FROM attachments WHERE id = %s FOR UPDATE", (held_id,))
-        prepared = await handler.prepare([first, invalid, first, held])
+        prepared = await handler.prepare([first, invalid, first, held, lying])
 
     assert statements == ["take_attachments"]
-    assert [p is not None for p in prepared] == [True, False, False, False]
+    assert [p is not None for p in prepared] == [True, False, False, False, False]
     assert isinstance(await handler(invalid), Reject)
     assert await handler(held) == Ok()  # takes its row itself, now that it is free
+    refused = await handler(lying)
+    assert isinstance(refused, Reject)
+    assert "disagrees with its row" in refused.reason
 
 
 async def test_attachment_of_a_deleted_chat_takes_one_statement(

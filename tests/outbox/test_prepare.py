@@ -1,8 +1,8 @@
 """A handler's batch step (``BatchHandler.prepare``, SPEC §15) as the runner drives it.
 
-Messages the step settles end without a task or a handler slot; the others run the rest of
-their handling in a slot; a failing or hanging step costs nothing but the step (every message
-is handled as if there were none); suspect messages are never prepared.
+Messages the step settles end without a handler call, task or slot; the others are handled
+as always; a failing or hanging step costs nothing but the step (every message is handled as
+if there were none); suspect messages are never prepared.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from worker.errors import DatabaseUnavailable
-from worker.models import Message, Ok, Outcome, Prepared, Reject, Retry, RetryReason
+from worker.models import Message, Ok, Outcome, Prepared, Retry, RetryReason
 from worker.observability.logging import merge_log_context
 from worker.outbox.capacity import Capacity
 from worker.outbox.delivery import Envelope, Runner
@@ -35,13 +35,12 @@ def envelopes(count: int, *, suspect: bool = False) -> list[Envelope]:
 
 @dataclass
 class Batching:
-    """Settles even seqs in its step, leaves the rest of odd ones to run, skips seq 1."""
+    """Settles even seqs in its step; leaves odd ones to the handler."""
 
     fail: BaseException | None = None
     hang: bool = False
     prepared: list[list[int]] = field(default_factory=list)
     called: list[int] = field(default_factory=list)
-    rested: list[int] = field(default_factory=list)
 
     async def __call__(self, message: Message) -> Outcome:
         self.called.append(message.seq)
@@ -53,22 +52,13 @@ class Batching:
             await asyncio.sleep(60)
         if self.fail is not None:
             raise self.fail
-        return [self._prepared(m) for m in messages]
-
-    def _prepared(self, message: Message) -> Prepared | None:
-        if message.seq == 1:
-            return None
-        if message.seq % 2 == 0:
-            return Prepared(outcome=Ok(), log={"attachment_id": f"a{message.seq}"})
-
-        async def rest() -> Outcome:
-            self.rested.append(message.seq)
-            return Reject("rest ran")
-
-        return Prepared(rest=rest, log={"attachment_id": f"a{message.seq}"})
+        return [
+            Prepared(Ok(), log={"attachment_id": f"a{m.seq}"}) if m.seq % 2 == 0 else None
+            for m in messages
+        ]
 
 
-async def test_settled_messages_need_no_slot_and_the_rest_runs_in_one() -> None:
+async def test_settled_messages_need_no_handler_call_or_slot() -> None:
     handler = Batching()
     capacity = Capacity(1)
     runner = Runner({AQ: handler}, capacity, budget_seconds=5.0)
@@ -77,19 +67,15 @@ async def test_settled_messages_need_no_slot_and_the_rest_runs_in_one() -> None:
         handled = await runner.run_all(envelopes(7), asyncio.Event())
 
     assert handler.prepared == [[1, 2, 3, 4, 5, 6, 7]]
-    assert handler.called == [1]  # not prepared: handled as always
-    assert handler.rested == [3, 5, 7]
-    assert [type(h.outcome).__name__ for h in handled] == [
-        "Retry", "Ok", "Reject", "Ok", "Reject", "Ok", "Reject"
-    ]  # fmt: skip
+    assert handler.called == [1, 3, 5, 7]  # not settled: handled as always
+    assert [h.outcome == Ok() for h in handled] == [False, True] * 3 + [False]
     assert capacity.idle
     lines = {e["seq"]: e for e in logs if e["event"] == "message_handled"}
     assert sorted(lines) == [1, 2, 3, 4, 5, 6, 7]  # one line per message, settled or not
     assert lines[2]["outcome"] == "ok"
     assert (lines[2]["attachment_id"], lines[2]["queue"], lines[2]["partition"]) == ("a2", AQ, 0)
-    assert lines[3]["attachment_id"] == "a3"
-    assert "attachment_id" not in lines[1]
-    # The settled messages' context stayed on their own lines.
+    assert "attachment_id" not in lines[3]
+    # A settled message's ids stay on its own line.
     assert all("attachment_id" not in e for e in logs if e["event"] != "message_handled")
 
 
@@ -104,7 +90,6 @@ async def test_a_failing_step_leaves_every_message_to_its_handler(failure: Excep
         handled = await runner.run_all(envelopes(4), asyncio.Event())
 
     assert handler.called == [1, 2, 3, 4]
-    assert handler.rested == []
     assert all(isinstance(h.outcome, Retry) for h in handled)
     [warning] = [e for e in logs if e["event"] == "batch_prepare_failed"]
     assert warning["error"] == type(failure).__name__

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -35,8 +35,6 @@ from worker.outbox.capacity import Capacity
 from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
-
-Continuation = Callable[[], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -200,14 +198,11 @@ class Runner:
         settled: dict[int, Handled] = {}
         tasks: dict[int, asyncio.Task[Handled]] = {}
         for n, (envelope, early) in enumerate(zip(envelopes, prepared, strict=True)):
-            if early is not None and early.outcome is not None:
-                settled[n] = _settled_early(envelope, early, early.outcome)
+            if early is not None:
+                settled[n] = _settled_early(envelope, early)
                 self._capacity.finish()
                 continue
-            rest = early.rest if early is not None else None
-            task = asyncio.create_task(
-                self._run_one(envelope, early, rest), name=_task_name(envelope)
-            )
+            task = asyncio.create_task(self._run_one(envelope), name=_task_name(envelope))
             task.add_done_callback(lambda _: self._capacity.finish())  # done, failed, cancelled
             tasks[n] = task
         await self._wait(list(tasks.values()), abort)
@@ -263,24 +258,19 @@ class Runner:
             return Handled(envelope, interrupted, 0.0)
         return task.result()
 
-    async def _run_one(
-        self, envelope: Envelope, early: Prepared | None, rest: Continuation | None
-    ) -> Handled:
+    async def _run_one(self, envelope: Envelope) -> Handled:
         message = envelope.message
         bind_log_context(**_message_fields(message))
-        if early is not None:
-            bind_log_context(**early.log)
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             bind_log_context(redelivered=True)
         async with self._capacity.slot():
             started = time.monotonic()
-            outcome = await self._call(message, rest)
+            outcome = await self._call(message)
             seconds = time.monotonic() - started
         _log_outcome(outcome, seconds)
         return Handled(envelope, outcome, seconds)
 
-    async def _call(self, message: Message, rest: Continuation | None) -> Outcome:
-        """The handler on ``message``, or the ``rest`` its batch step left to run."""
+    async def _call(self, message: Message) -> Outcome:
         if (size := len(message.payload)) > MAX_PAYLOAD_BYTES:
             # Enqueue enforces the limit, but other producers write the tables directly: never
             # parse what no valid message can be (a 50 MB payload would stall every slot).
@@ -292,7 +282,7 @@ class Runner:
             return Reject(f"no handler for queue {message.queue!r}")
         try:
             async with asyncio.timeout(self._budget):
-                outcome = await (rest() if rest is not None else handler(message))
+                outcome = await handler(message)
         except TimeoutError:
             return Retry(RetryReason.HANDLER_TIMEOUT, f"handler exceeded {self._budget:g}s")
         except DatabaseUnavailable as exc:
@@ -316,11 +306,11 @@ def _message_fields(message: Message) -> dict[str, object]:
     }
 
 
-def _settled_early(envelope: Envelope, early: Prepared, outcome: Outcome) -> Handled:
+def _settled_early(envelope: Envelope, early: Prepared) -> Handled:
     """A message its batch step settled: logged as any handled message, in no time of its own."""
     with log_context(**_message_fields(envelope.message), **early.log):
-        _log_outcome(outcome, 0.0)
-    return Handled(envelope, outcome, 0.0)
+        _log_outcome(early.outcome, 0.0)
+    return Handled(envelope, early.outcome, 0.0)
 
 
 def _log_outcome(outcome: Outcome, seconds: float) -> None:
