@@ -30,9 +30,10 @@ class Capacity:
     only wait here while other replicas have free slots). ``ahead`` keeps a quarter of the
     slots' worth of messages queued while all slots run, so a slot that frees starts its next
     message at once: leasing only when a slot was already free left it idle for a lease, a
-    read and a batch step (at provider latency 100 ms and 64 slots, 0.79 of the ideal rate,
-    0.91 with it). Half the slots queued ahead held partitions another replica could have
-    worked (2 replicas ran at 1.5-1.6x one, 1.9x with a quarter; docs/PERFORMANCE.md). Each
+    read and a batch step (at provider latency 100 ms and 64 slots, 0.78-0.80 of the ideal
+    rate, 0.83-0.86 with it). Half the slots queued ahead held partitions another replica
+    could have worked (2 replicas ran at 1.5-1.6x one, 1.9x with a quarter;
+    docs/PERFORMANCE.md). Each
     message that finishes and each reservation given back wakes at most one waiting lane, so
     a freed slot is refilled at once, without every lane racing for it.
     """
