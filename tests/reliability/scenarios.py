@@ -1851,25 +1851,32 @@ async def s10_pgbouncer(server: PostgresServer, workdir: Path, size: str) -> Res
     down = _pick(size, 1.0, 2.0, 3.0)
     v = Verdict()
     async with h.cluster(
-        server, workdir, "s10", fake_latency=0.1, config={"outbox.batch_size": 10}
+        server, workdir, "s10", fake_latency=0.4, config={"outbox.batch_size": 10}
     ) as c:
         bouncer = await asyncio.to_thread(h.RestartablePgBouncer, server)
         try:
             await asyncio.to_thread(bouncer.add_user, h.ROLE, c.secrets.dsn_password)
             c.worker_dsn = bouncer.dsn(c.db_name, user=h.ROLE)
-            live = await c.start_replicas(replicas)
+            # The whole backlog waits before any replica starts. Seeded into running replicas,
+            # part of it was drained before it was counted, and CI drained the rest in 0.8 s
+            # with looks 0.25 s apart: one fault of three happened.
             world = await h.seed(c.dsn, c.fake, c.tenants, plan, c.rng)
-            started = time.monotonic()
             initial = sum((await c.outstanding()).values())
-            # Progress decides when (a fast machine drains a small backlog in seconds).
+            live = await c.start_replicas(replicas)
+            started = time.monotonic()
+            # Progress decides when, looked at often. With 0.1 s calls the first fault fired with
+            # a fifth of the small backlog left in one run here; with 0.4 s calls, at 0.65-0.79
+            # (faults_at_outstanding_share).
             faults = [(0.8, "terminate"), (0.55, "restart"), (0.3, "terminate")]
             done: list[str] = []
+            fired_at: list[float] = []  # the share of the backlog outstanding at each fault
             recoveries: list[float] = []
 
             async def chaos(outstanding: dict[str, int]) -> None:
                 if not faults or sum(outstanding.values()) > faults[0][0] * initial:
                     return
                 _, kind = faults.pop(0)
+                fired_at.append(round(sum(outstanding.values()) / initial, 2))
                 if kind == "terminate":
                     h._admin(server, _TERMINATE.format(db=c.db_name))
                     done.append("server connections terminated")
@@ -1888,7 +1895,7 @@ async def s10_pgbouncer(server: PostgresServer, workdir: Path, size: str) -> Res
                 recoveries.append(time.monotonic() - base_at - down)
                 done.append(f"PgBouncer killed, {down:g} s down, restarted")
 
-            drained = await c.wait_drained(_pick(size, 120, 400, 900), on_tick=chaos)
+            drained = await c.wait_drained(_pick(size, 120, 400, 900), on_tick=chaos, every=0.05)
             v.require(len(done) >= 2, f"only {done} happened before the drain ended")
             for r in live:
                 v.require(r.running, f"{r.name} exited:\n{r.tail()}")
@@ -1912,6 +1919,7 @@ async def s10_pgbouncer(server: PostgresServer, workdir: Path, size: str) -> Res
             pgbouncer="pool_mode = transaction, default_pool_size 40 (tests/pgbouncer.py)",
             pgbouncer_client_logins=logins,
             faults=done,
+            faults_at_outstanding_share=fired_at,
             prepared_statement_errors=len(prepared),
             loop_crashes=0,
             database_unavailable_events=sum(_count_events(r, "database_unavailable") for r in live),
