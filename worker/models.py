@@ -6,7 +6,8 @@ Outcomes are values, not exceptions: a handler returns exactly one of ``Ok``, ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -82,6 +83,29 @@ class Handler(Protocol):
     """What the engine calls for each message of a queue."""
 
     async def __call__(self, message: Message) -> Outcome: ...
+
+
+def _keep_slot() -> None:
+    """Outside the engine's runner there is no slot to give back."""
+
+
+_slot_release: ContextVar[Callable[[], None]] = ContextVar("slot_release", default=_keep_slot)
+
+
+def hold_slot(release: Callable[[], None]) -> None:
+    """The engine, as a handling starts in its slot: how ``release_slot`` gives it back."""
+    _slot_release.set(release)
+
+
+def release_slot() -> None:
+    """Give the running handling's slot back before the handler returns (idempotent).
+
+    A handler calls it once its last provider call is answered: what is left is writing the
+    result, which waits on the database (batched statements, the pool), not on the provider
+    the slots ration. The handling still counts as unfinished until it returns; its slot
+    starts the next queued message at once (SPEC §15: a replica near its ideal rate).
+    """
+    _slot_release.get()()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from worker.handlers.attachment import AttachmentCleanupHandler
 from worker.handlers.chat import ChatCleanupHandler
 from worker.handlers.files import CleanupContext
 from worker.handlers.repository import CleanupRepository
-from worker.models import Message, Ok, Reject, Retry, RetryReason
+from worker.models import Message, Ok, Reject, Retry, RetryReason, hold_slot
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult
 
@@ -408,3 +408,37 @@ async def test_a_busy_row_is_marked_done_by_the_waiting_statement_with_one_recei
     assert await cur.fetchone() == ("done",)
     cur = await conn.execute("SELECT count(*) FROM cleanup_worker_receipts")
     assert await cur.fetchone() == (1,)
+
+
+async def test_the_slot_is_given_back_once_the_delete_is_answered_before_the_row_write(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    """The slot rations provider calls (SPEC §15): once the file's delete is answered, the
+    next message may start while this one records the result on its row."""
+    provider = Provider()
+    ctx, statements = context(pool, provider)
+    msg = await attachment_message(conn, await create_chat(conn))
+    released: list[tuple[list[str], list[str]]] = []
+    hold_slot(lambda: released.append((list(provider.files_deleted), list(statements))))
+
+    assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
+
+    assert released == [(["file-1"], ["take_attachments"])]
+    assert statements == ["take_attachments", "mark_cleanups_done"]
+
+
+async def test_a_chat_cleanup_keeps_its_slot_through_its_many_calls(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    provider = Provider()
+    ctx, _ = context(pool, provider)
+    chat = await create_chat(conn, deleted_at=NOW)
+    for n in range(3):
+        await create_attachment(conn, chat.id, chat.tenant_id, f"file-{n}", deleted_at=NOW)
+    released: list[int] = []
+    hold_slot(lambda: released.append(len(provider.files_deleted)))
+
+    assert await ChatCleanupHandler(ctx, file_concurrency=2)(chat_message(chat)) == Ok()
+
+    assert sorted(provider.files_deleted) == ["file-0", "file-1", "file-2"]
+    assert released == []

@@ -165,3 +165,34 @@ async def test_a_cancelled_lane_is_skipped_too() -> None:
     await _let_run()
     assert waiting.done()
     assert waiting.result() is True
+
+
+async def test_a_slot_given_back_early_starts_the_next_handler_and_is_not_given_back_twice() -> (
+    None
+):
+    capacity = Capacity(1)
+    order: list[str] = []
+    first_may_end = asyncio.Event()
+
+    async def first() -> None:
+        async with capacity.slot() as hold:
+            order.append("first answered")
+            hold.release()
+            hold.release()  # idempotent: the slot is not counted free twice
+            await first_may_end.wait()
+            order.append("first returned")
+
+    async def later(name: str) -> None:
+        async with capacity.slot():
+            order.append(f"{name} started")
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(first()), asyncio.create_task(later("second"))]
+    await _let_run()
+    assert order == ["first answered", "second started"]  # before the first returned
+    third = asyncio.create_task(later("third"))
+    await _let_run()
+    assert "third started" not in order  # the second holds the only slot
+    first_may_end.set()
+    await asyncio.gather(*tasks, third)
+    assert order[-1] == "third started"

@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from worker.errors import DatabaseUnavailable
-from worker.models import Message, Ok, Outcome, Prepared, Retry, RetryReason
+from worker.models import Message, Ok, Outcome, Prepared, Retry, RetryReason, release_slot
 from worker.observability.logging import merge_log_context
 from worker.outbox.capacity import Capacity
 from worker.outbox.delivery import Envelope, Runner
@@ -130,3 +130,33 @@ async def test_a_step_cancelled_by_shutdown_gives_back_every_admitted_message() 
 
     assert capacity.idle
     assert handler.called == []
+
+
+async def test_a_handler_that_gives_its_slot_back_lets_the_next_message_start() -> None:
+    """``models.release_slot`` frees the handling's slot before it returns (its provider call
+    answered, only the database write left); the handling still ends as any other."""
+    started: list[int] = []
+    write_may_finish = asyncio.Event()
+
+    async def handler(message: Message) -> Outcome:
+        started.append(message.seq)
+        if message.seq == 1:
+            release_slot()
+            await write_may_finish.wait()  # the row write, in the real handler
+        return Ok()
+
+    capacity = Capacity(1)
+    runner = Runner({AQ: handler}, capacity, budget_seconds=5.0)
+    run = asyncio.create_task(runner.run_all(envelopes(2), asyncio.Event()))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert started == [1, 2]  # 2 ran while 1 was still writing
+    assert capacity.taken == 1  # 1 is unfinished until it returns
+    write_may_finish.set()
+    handled = await run
+    assert [h.outcome for h in handled] == [Ok(), Ok()]
+    assert capacity.idle
+
+
+def test_outside_the_runner_giving_a_slot_back_does_nothing() -> None:
+    release_slot()  # a handler called directly (tests, the CLI's one-shot paths)

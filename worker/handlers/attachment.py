@@ -95,6 +95,7 @@ class AttachmentCleanupHandler:
             chat_id=row.chat_id,
             label=row.storage_backend,
             file_id=row.provider_file_id,
+            last_call=True,
         )
 
     def _after_purged(self, event: AttachmentDeleted, taken: TakenAttachment) -> Ok | Step:
@@ -113,6 +114,7 @@ class AttachmentCleanupHandler:
             label=event.storage_backend,
             file_id=event.provider_file_id,
             row_purged=True,
+            last_call=True,
         )
 
 

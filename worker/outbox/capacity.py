@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
 
 
 class Capacity:
@@ -23,19 +24,20 @@ class Capacity:
               + unfinished   handed to the runner: running, settled by its batch step,
                              or queued for a slot
 
-    Invariant: ``reserved >= 0``, ``unfinished >= 0``, and at most ``slots`` handlers run at
-    once (``slot()``). From it: ``wanted = max(0, slots + ahead - taken)`` with ``ahead =
-    slots // 4``, and a lane leases only while it is positive; ``room = max(0, 2 * slots -
-    taken)``, the most a busy process takes on (its slots plus one wave of queue; more would
-    only wait here while other replicas have free slots). ``ahead`` keeps a quarter of the
-    slots' worth of messages queued while all slots run, so a slot that frees starts its next
-    message at once: leasing only when a slot was already free left it idle for a lease, a
-    read and a batch step (at provider latency 100 ms and 64 slots, 0.78-0.80 of the ideal
-    rate, 0.83-0.86 with it). Half the slots queued ahead held partitions another replica
-    could have worked (2 replicas ran at 1.5-1.6x one, 1.9x with a quarter;
-    docs/PERFORMANCE.md). Each
-    message that finishes and each reservation given back wakes at most one waiting lane, so
-    a freed slot is refilled at once, without every lane racing for it.
+    Invariant: ``reserved >= 0``, ``unfinished >= 0``, and at most ``slots`` handlings hold a
+    slot at once (``slot()``); a handling may give its slot back once its provider calls are
+    answered (``models.release_slot``), and then counts as unfinished until it returns.
+    From it: ``wanted = max(0, slots + ahead - taken)`` with ``ahead = slots // 4``, and a
+    lane leases only while it is positive; ``room = max(0, 2 * slots - taken)``, the most a
+    busy process takes on (its slots plus one wave of queue; more would only wait here while
+    other replicas have free slots). ``ahead`` keeps a quarter of the slots' worth of
+    messages queued while all slots run, so a slot that frees starts its next message at
+    once: leasing only when a slot was already free left it idle for a lease, a read and a
+    batch step (at provider latency 100 ms and 64 slots, 0.78-0.80 of the ideal rate,
+    0.83-0.86 with it). Half the slots queued ahead held partitions another replica could
+    have worked (2 replicas ran at 1.5-1.6x one, 1.9x with a quarter; docs/PERFORMANCE.md).
+    Each message that finishes and each reservation given back wakes at most one waiting
+    lane, so a freed slot is refilled at once, without every lane racing for it.
     """
 
     def __init__(self, slots: int) -> None:
@@ -98,9 +100,16 @@ class Capacity:
         self._unfinished -= 1
         self._wake_one()
 
-    def slot(self) -> asyncio.Semaphore:
-        """Held while one handler runs (``async with capacity.slot():``): at most ``slots``."""
-        return self._running
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[SlotHold]:
+        """Held while one handler runs (``async with capacity.slot() as hold:``), at most
+        ``slots`` at once; ``hold.release()`` gives it back early."""
+        await self._running.acquire()
+        hold = SlotHold(self._running)
+        try:
+            yield hold
+        finally:
+            hold.release()
 
     async def wait_until_wanted(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Whether the process wants more messages, waiting up to ``timeout`` for it to."""
@@ -121,3 +130,16 @@ class Capacity:
             if not waiter.done():  # a waiter that timed out is cancelled, hence done
                 waiter.set_result(None)
                 return
+
+
+class SlotHold:
+    """One handling's hold on a slot; released once, at the end or earlier (``release``)."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()

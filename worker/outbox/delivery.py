@@ -29,6 +29,7 @@ from worker.models import (
     Reject,
     Retry,
     RetryReason,
+    hold_slot,
 )
 from worker.observability.logging import bind_log_context, log_context
 from worker.outbox.capacity import Capacity
@@ -263,7 +264,8 @@ class Runner:
         bind_log_context(**_message_fields(message))
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             bind_log_context(redelivered=True)
-        async with self._capacity.slot():
+        async with self._capacity.slot() as hold:
+            hold_slot(hold.release)
             started = time.monotonic()
             outcome = await self._call(message)
             seconds = time.monotonic() - started
