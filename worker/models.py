@@ -6,12 +6,13 @@ Outcomes are values, not exceptions: a handler returns exactly one of ``Ok``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 
 class RetryReason(StrEnum):
@@ -85,27 +86,56 @@ class Handler(Protocol):
     async def __call__(self, message: Message) -> Outcome: ...
 
 
-def _keep_slot() -> None:
-    """Outside the engine's runner there is no slot to give back."""
+class Slot(Protocol):
+    """A handling's hold on one of its process's handler slots (the engine's ``SlotHold``)."""
+
+    @property
+    def held(self) -> bool: ...
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
-_slot_release: ContextVar[Callable[[], None]] = ContextVar("slot_release", default=_keep_slot)
+_slot: ContextVar[Slot | None] = ContextVar("slot", default=None)
 
 
-def hold_slot(release: Callable[[], None]) -> None:
-    """The engine, as a handling starts in its slot: how ``release_slot`` gives it back."""
-    _slot_release.set(release)
+def hold_slot(slot: Slot) -> None:
+    """The engine, as a handling starts: the slot ``provider_slot`` holds for it."""
+    _slot.set(slot)
 
 
-def release_slot() -> None:
-    """Give the running handling's slot back before the handler returns (idempotent).
+@asynccontextmanager
+async def provider_slot() -> AsyncIterator[None]:
+    """Held around a provider call: the handling's process slot.
 
-    A handler calls it once its last provider call is answered: what is left is writing the
-    result, which waits on the database (batched statements, the pool), not on the provider
-    the slots ration. The handling still counts as unfinished until it returns; its slot
-    starts the next queued message at once (SPEC §15: a replica near its ideal rate).
+    A handling of a ``CallSlotHandler`` takes its slot here and gives it back once the call
+    is answered; any other handling already holds its slot from start to end, and this does
+    nothing (nor outside the engine, where there is no slot).
     """
-    _slot_release.get()()
+    slot = _slot.get()
+    if slot is None or slot.held:
+        yield
+        return
+    await slot.acquire()
+    try:
+        yield
+    finally:
+        slot.release()
+
+
+@runtime_checkable
+class CallSlotHandler(Handler, Protocol):
+    """A handler whose handlings hold their process slot only around provider calls
+    (``provider_slot``), not from start to end (SPEC §15).
+
+    The slots ration provider calls. An attachment cleanup's take before its delete and its
+    row write after it wait on the database (batched statements), and while they held the
+    slot, a replica at provider latency 100 ms and 64 slots reached 0.82-0.84 of its ideal
+    rate: with them outside, 0.90-0.92 (docs/PERFORMANCE.md).
+    """
+
+    slot_around_calls: Literal[True]
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,19 @@ WHERE r.id = due.id AND p.id = r.partition_id
 RETURNING r.id, r.locked_by, due.suspect, p.queue, p.partition, r.partition_id, r.seq,
           r.payload, r.payload_type, r.created_at, r.deliveries, r.dead_letter_id;
 
+-- name: next_retry_due
+-- Seconds until the earliest parked message of these queues is due (negative: overdue; no
+-- row: none parked). An idle retrier sleeps until then, not a whole poll interval: a message parked
+-- for its tenant's fair turn comes back at that turn, so the route's budget is not left idle.
+-- The earliest by the not_before index, as lease_due_retries reads them.
+SELECT extract(epoch FROM r.not_before - now())::float8
+FROM cleanup_worker_retries r
+JOIN modkit_outbox_partitions p ON p.id = r.partition_id
+WHERE p.queue = ANY(%(queues)s)
+  AND (r.locked_by IS NULL OR r.locked_until < now())
+ORDER BY r.not_before
+LIMIT 1;
+
 -- name: extend_retry_leases
 -- Heartbeat for leased retry rows; returns the ones these acquisitions still hold.
 UPDATE cleanup_worker_retries r

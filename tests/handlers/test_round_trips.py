@@ -27,7 +27,7 @@ from worker.handlers.attachment import AttachmentCleanupHandler
 from worker.handlers.chat import ChatCleanupHandler
 from worker.handlers.files import CleanupContext
 from worker.handlers.repository import CleanupRepository
-from worker.models import Message, Ok, Reject, Retry, RetryReason, hold_slot
+from worker.models import CallSlotHandler, Message, Ok, Reject, Retry, RetryReason, hold_slot
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult
 
@@ -410,35 +410,61 @@ async def test_a_busy_row_is_marked_done_by_the_waiting_statement_with_one_recei
     assert await cur.fetchone() == (1,)
 
 
-async def test_the_slot_is_given_back_once_the_delete_is_answered_before_the_row_write(
+@dataclass
+class RecordingSlot:
+    """A handling's slot (``models.Slot``) that notes what had run when it was taken or freed."""
+
+    statements: list[str]
+    files_deleted: list[str]
+    held: bool = False
+    events: list[str] = field(default_factory=list)
+
+    async def acquire(self) -> None:
+        self.held = True
+        self.events.append(f"acquire after {self.statements} {self.files_deleted}")
+
+    def release(self) -> None:
+        self.held = False
+        self.events.append(f"release after {self.statements} {self.files_deleted}")
+
+
+async def test_an_attachment_cleanup_holds_its_slot_only_around_its_delete(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
-    """The slot rations provider calls (SPEC §15): once the file's delete is answered, the
-    next message may start while this one records the result on its row."""
+    """The slot rations provider calls (SPEC §15): the take before the delete and the row
+    write after it run while other messages call."""
     provider = Provider()
     ctx, statements = context(pool, provider)
     msg = await attachment_message(conn, await create_chat(conn))
-    released: list[tuple[list[str], list[str]]] = []
-    hold_slot(lambda: released.append((list(provider.files_deleted), list(statements))))
+    slot = RecordingSlot(statements, provider.files_deleted)
+    hold_slot(slot)
 
+    assert isinstance(AttachmentCleanupHandler(ctx), CallSlotHandler)
     assert await AttachmentCleanupHandler(ctx)(msg) == Ok()
 
-    assert released == [(["file-1"], ["take_attachments"])]
+    assert slot.events == [
+        "acquire after ['take_attachments'] []",
+        "release after ['take_attachments'] ['file-1']",
+    ]
     assert statements == ["take_attachments", "mark_cleanups_done"]
 
 
-async def test_a_chat_cleanup_keeps_its_slot_through_its_many_calls(
+async def test_a_chat_cleanup_holds_its_slot_through_its_many_calls(
     pool: AsyncConnectionPool, conn: Conn
 ) -> None:
+    """Not a CallSlotHandler: the engine gives it its slot for the whole handling, and the
+    deletes inside leave it held."""
     provider = Provider()
-    ctx, _ = context(pool, provider)
+    ctx, statements = context(pool, provider)
     chat = await create_chat(conn, deleted_at=NOW)
     for n in range(3):
         await create_attachment(conn, chat.id, chat.tenant_id, f"file-{n}", deleted_at=NOW)
-    released: list[int] = []
-    hold_slot(lambda: released.append(len(provider.files_deleted)))
+    slot = RecordingSlot(statements, provider.files_deleted, held=True)
+    hold_slot(slot)
 
-    assert await ChatCleanupHandler(ctx, file_concurrency=2)(chat_message(chat)) == Ok()
+    handler = ChatCleanupHandler(ctx, file_concurrency=2)
+    assert not isinstance(handler, CallSlotHandler)
+    assert await handler(chat_message(chat)) == Ok()
 
     assert sorted(provider.files_deleted) == ["file-0", "file-1", "file-2"]
-    assert released == []
+    assert (slot.held, slot.events) == (True, [])

@@ -196,3 +196,21 @@ async def test_a_slot_given_back_early_starts_the_next_handler_and_is_not_given_
     first_may_end.set()
     await asyncio.gather(*tasks, third)
     assert order[-1] == "third started"
+
+
+async def test_a_slot_not_taken_at_once_is_held_only_between_acquire_and_release() -> None:
+    capacity = Capacity(1)
+    async with capacity.slot(at_once=False) as lazy:
+        assert not lazy.held
+        async with capacity.slot() as other:  # the only slot is free: taken at once
+            assert other.held
+            waiting = asyncio.create_task(lazy.acquire())
+            await _let_run()
+            assert not waiting.done()  # at most one holder
+        await waiting
+        assert lazy.held
+        await lazy.acquire()  # already held: not taken twice
+        lazy.release()
+        assert not lazy.held
+        async with capacity.slot() as again:
+            assert again.held

@@ -124,6 +124,11 @@ HOT: list[tuple[str, Any, set[str]]] = [
         {"idx_cleanup_worker_retries_not_before"},
     ),
     (
+        "next_retry_due",
+        lambda p: {"queues": [QUEUE]},
+        {"idx_cleanup_worker_retries_not_before"},
+    ),
+    (
         "record_outcomes",
         lambda p: _outcome(p, "reject"),
         {"idx_modkit_outbox_dead_letters_partition_seq"},

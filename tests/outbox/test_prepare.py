@@ -11,12 +11,13 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import pytest
 from structlog.testing import capture_logs
 
 from worker.errors import DatabaseUnavailable
-from worker.models import Message, Ok, Outcome, Prepared, Retry, RetryReason, release_slot
+from worker.models import Message, Ok, Outcome, Prepared, Retry, RetryReason, provider_slot
 from worker.observability.logging import merge_log_context
 from worker.outbox.capacity import Capacity
 from worker.outbox.delivery import Envelope, Runner
@@ -132,31 +133,72 @@ async def test_a_step_cancelled_by_shutdown_gives_back_every_admitted_message() 
     assert handler.called == []
 
 
-async def test_a_handler_that_gives_its_slot_back_lets_the_next_message_start() -> None:
-    """``models.release_slot`` frees the handling's slot before it returns (its provider call
-    answered, only the database write left); the handling still ends as any other."""
-    started: list[int] = []
-    write_may_finish = asyncio.Event()
+@dataclass
+class CallsInSlots:
+    """A ``CallSlotHandler``: work before and after its call, the call in ``provider_slot``."""
 
-    async def handler(message: Message) -> Outcome:
-        started.append(message.seq)
-        if message.seq == 1:
-            release_slot()
-            await write_may_finish.wait()  # the row write, in the real handler
+    slot_around_calls: Literal[True] = True
+    may_finish: asyncio.Event = field(default_factory=asyncio.Event)
+    started: list[int] = field(default_factory=list)
+    calling: int = 0
+    most_calling: int = 0
+    answered: int = 0
+    all_answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, message: Message) -> Outcome:
+        self.started.append(message.seq)  # the take, in the real handler
+        async with provider_slot():
+            self.calling += 1
+            self.most_calling = max(self.most_calling, self.calling)
+            await asyncio.sleep(0.01)
+            self.calling -= 1
+        self.answered += 1
+        if self.answered == 3:
+            self.all_answered.set()
+        await self.may_finish.wait()  # the row write
         return Ok()
 
+
+async def test_a_call_slot_handler_holds_its_slot_only_around_its_calls() -> None:
+    """The slots ration provider calls: every message starts, one calls at a time (one slot),
+    and a message writing its result holds none."""
+    handler = CallsInSlots()
     capacity = Capacity(1)
     runner = Runner({AQ: handler}, capacity, budget_seconds=5.0)
-    run = asyncio.create_task(runner.run_all(envelopes(2), asyncio.Event()))
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert started == [1, 2]  # 2 ran while 1 was still writing
-    assert capacity.taken == 1  # 1 is unfinished until it returns
-    write_may_finish.set()
+    run = asyncio.create_task(runner.run_all(envelopes(3), asyncio.Event()))
+    async with asyncio.timeout(5):  # each answered call frees the slot for the next
+        await handler.all_answered.wait()
+    assert sorted(handler.started) == [1, 2, 3]
+    assert handler.most_calling == 1
+    assert capacity.taken == 3  # unfinished until they return
+    handler.may_finish.set()
     handled = await run
-    assert [h.outcome for h in handled] == [Ok(), Ok()]
+    assert [h.outcome for h in handled] == [Ok(), Ok(), Ok()]
     assert capacity.idle
 
 
-def test_outside_the_runner_giving_a_slot_back_does_nothing() -> None:
-    release_slot()  # a handler called directly (tests, the CLI's one-shot paths)
+async def test_any_other_handler_holds_its_slot_from_start_to_end() -> None:
+    handler = CallsInSlots()
+    plain = Recording(handler)  # the same work, not a CallSlotHandler
+    runner = Runner({AQ: plain}, Capacity(1), budget_seconds=5.0)
+    run = asyncio.create_task(runner.run_all(envelopes(2), asyncio.Event()))
+    await asyncio.sleep(0.1)
+    assert handler.started == [1]  # the second waits for the first's slot
+    handler.may_finish.set()
+    await run
+    assert handler.started == [1, 2]
+
+
+@dataclass
+class Recording:
+    """Calls another handler, without declaring ``slot_around_calls``."""
+
+    inner: CallsInSlots
+
+    async def __call__(self, message: Message) -> Outcome:
+        return await self.inner(message)
+
+
+async def test_outside_the_engine_a_provider_slot_is_nothing_to_wait_for() -> None:
+    async with provider_slot():  # a handler called directly (tests, one-shot paths)
+        pass

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from worker.models import Message, Ok, Reject, Retry, RetryReason
+from worker.outbox import retrier
 from worker.outbox.delivery import RedeliveryPolicy
 
 from .helpers import (
@@ -207,3 +208,18 @@ async def test_retry_rows_held_by_another_worker_are_skipped(pool, conn):
     report = await make_engine(pool, {AQ: other}).process_retries(limit=10)
     assert report.handled == 1
     assert [m.seq for m in other.seen] == [2]
+
+
+async def test_next_retry_due_is_when_the_earliest_parked_message_not_leased_is(pool, conn):
+    """What an idle retrier sleeps until (daemon): None with nothing parked, the earliest
+    not_before of the rows it could lease, and rows another worker holds are not waited for."""
+    engine = make_engine(pool, {AQ: Recorder(_always_retry(hint=30.0))})
+    assert await engine.next_retry_due() is None
+    await enqueue_many(conn, AQ, 0, range(2))
+    await drain(engine, AQ)  # both parked, 30 s or more away
+    earliest = min(r["due_in"] for r in await retry_rows(conn))
+    assert (await engine.next_retry_due() or 0.0) == pytest.approx(earliest, abs=1.0)
+    await make_retries_due(conn)
+    assert (await engine.next_retry_due() or 1.0) <= 0.0  # overdue
+    await retrier.lease_due_retries(pool, [AQ], worker_id="other", lease_seconds=30, limit=10)
+    assert await engine.next_retry_due() is None

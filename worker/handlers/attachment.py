@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 from uuid import UUID
 
 import structlog
@@ -30,7 +31,10 @@ Step = Callable[[], Awaitable[Outcome]]
 
 
 class AttachmentCleanupHandler:
-    """A ``BatchHandler``: a batch's messages without a file are settled by one statement."""
+    """A ``BatchHandler``: a batch's messages without a file are settled by one statement.
+    A ``CallSlotHandler``: a handling holds its slot only around its delete."""
+
+    slot_around_calls: Literal[True] = True
 
     def __init__(self, ctx: CleanupContext):
         self._ctx = ctx
@@ -95,7 +99,6 @@ class AttachmentCleanupHandler:
             chat_id=row.chat_id,
             label=row.storage_backend,
             file_id=row.provider_file_id,
-            last_call=True,
         )
 
     def _after_purged(self, event: AttachmentDeleted, taken: TakenAttachment) -> Ok | Step:
@@ -114,7 +117,6 @@ class AttachmentCleanupHandler:
             label=event.storage_backend,
             file_id=event.provider_file_id,
             row_purged=True,
-            last_call=True,
         )
 
 

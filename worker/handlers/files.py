@@ -16,7 +16,7 @@ from uuid import UUID
 import structlog
 
 from worker.handlers.repository import CleanupRepository, Receipt
-from worker.models import Ok, Outcome, Reject, Retry, release_slot
+from worker.models import Ok, Outcome, Reject, Retry, provider_slot
 from worker.observability.metrics import Metrics
 from worker.providers.results import Deleted, DeleteResult, Permanent, Transient
 
@@ -57,24 +57,20 @@ async def clean_file(
     label: str,
     file_id: str | None,
     row_purged: bool = False,
-    last_call: bool = False,
 ) -> Outcome:
     """Delete the file (if any), then mark the row done (with its receipt) or record the
     failed attempt.
 
     ``row_purged``: the row went with its chat, so the message is the only record of the file
     and a failure that finds no row to record it on is the message's to retry or reject.
-    ``last_call``: the message makes no other provider call, so its slot is given back as
-    soon as this one is answered (recording the answer waits on the database only).
     """
     if file_id is None:
         await ctx.repo.mark_done(attachment_id)
         return Ok()
-    started = time.monotonic()
-    result = await ctx.provider.delete_file(tenant_id, label, file_id)
-    if last_call:
-        release_slot()
-    ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
+    async with provider_slot():
+        started = time.monotonic()
+        result = await ctx.provider.delete_file(tenant_id, label, file_id)
+        ctx.metrics.observe_cleanup_latency("delete_file", time.monotonic() - started)
     if not isinstance(result, Deleted):
         return await _record_failure(ctx, attachment_id, result, row_purged=row_purged)
     receipt = receipt_for(result, file_id, tenant_id=tenant_id, chat_id=chat_id, label=label)

@@ -25,8 +25,8 @@ class Capacity:
                              or queued for a slot
 
     Invariant: ``reserved >= 0``, ``unfinished >= 0``, and at most ``slots`` handlings hold a
-    slot at once (``slot()``); a handling may give its slot back once its provider calls are
-    answered (``models.release_slot``), and then counts as unfinished until it returns.
+    slot at once (``slot()``). A handling holds one from start to end, or, for a
+    ``models.CallSlotHandler``, only around its provider calls; it is unfinished either way.
     From it: ``wanted = max(0, slots + ahead - taken)`` with ``ahead = slots // 4``, and a
     lane leases only while it is positive; ``room = max(0, 2 * slots - taken)``, the most a
     busy process takes on (its slots plus one wave of queue; more would only wait here while
@@ -101,11 +101,12 @@ class Capacity:
         self._wake_one()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[SlotHold]:
-        """Held while one handler runs (``async with capacity.slot() as hold:``), at most
-        ``slots`` at once; ``hold.release()`` gives it back early."""
-        await self._running.acquire()
+    async def slot(self, *, at_once: bool = True) -> AsyncIterator[SlotHold]:
+        """One handling's slot (``async with capacity.slot() as hold:``); at most ``slots``
+        are held at once. ``at_once=False``: not held until ``hold.acquire()``."""
         hold = SlotHold(self._running)
+        if at_once:
+            await hold.acquire()
         try:
             yield hold
         finally:
@@ -133,11 +134,21 @@ class Capacity:
 
 
 class SlotHold:
-    """One handling's hold on a slot; released once, at the end or earlier (``release``)."""
+    """One handling's hold on a slot (``models.Slot``): taken and given back any number of
+    times, never twice over; given back at the latest when the handling ends."""
 
     def __init__(self, semaphore: asyncio.Semaphore) -> None:
         self._semaphore = semaphore
-        self._held = True
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    async def acquire(self) -> None:
+        if not self._held:
+            await self._semaphore.acquire()
+            self._held = True
 
     def release(self) -> None:
         if self._held:

@@ -21,6 +21,7 @@ import structlog
 from worker.errors import DatabaseUnavailable
 from worker.models import (
     BatchHandler,
+    CallSlotHandler,
     Handler,
     Message,
     Ok,
@@ -264,8 +265,9 @@ class Runner:
         bind_log_context(**_message_fields(message))
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             bind_log_context(redelivered=True)
-        async with self._capacity.slot() as hold:
-            hold_slot(hold.release)
+        around_calls = isinstance(self._handlers.get(message.queue), CallSlotHandler)
+        async with self._capacity.slot(at_once=not around_calls) as hold:
+            hold_slot(hold)
             started = time.monotonic()
             outcome = await self._call(message)
             seconds = time.monotonic() - started

@@ -220,6 +220,10 @@ class Engine:
             lost=[s for s in settled if s.handled.envelope.retry_id not in held],
         )
 
+    async def next_retry_due(self) -> float | None:
+        """Seconds until the earliest parked message is due (None: nothing parked)."""
+        return await retrier.next_retry_due(self.pool, self.queues)
+
     async def _handle(
         self, envelopes: Sequence[Envelope], extend: processor.Extend, abort: asyncio.Event
     ) -> list[Settled]:

@@ -58,6 +58,14 @@ async def lease_due_retries(
     ]
 
 
+async def next_retry_due(pool: AsyncConnectionPool, queues: Sequence[str]) -> float | None:
+    """Seconds until the earliest parked message of ``queues`` is due; None when none is."""
+    async with Database(pool).connection() as conn:
+        cur = await conn.execute(q("next_retry_due"), {"queues": list(queues)})
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def _held(envelopes: Sequence[Envelope]) -> dict[str, list[Any]]:
     """The (row id, fencing token) pairs of these leased retry rows, as statement arrays."""
     return {
