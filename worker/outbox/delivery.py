@@ -33,7 +33,7 @@ from worker.models import (
     hold_slot,
 )
 from worker.observability.logging import bind_log_context, log_context
-from worker.outbox.capacity import Capacity
+from worker.outbox.capacity import Capacity, SlotHold
 from worker.outbox.enqueue import MAX_PAYLOAD_BYTES
 
 log = structlog.get_logger("worker.outbox")
@@ -267,14 +267,13 @@ class Runner:
             bind_log_context(redelivered=True)
         around_calls = isinstance(self._handlers.get(message.queue), CallSlotHandler)
         async with self._capacity.slot(at_once=not around_calls) as hold:
-            hold_slot(hold)
             started = time.monotonic()
-            outcome = await self._call(message)
+            outcome = await self._call(message, hold)
             seconds = time.monotonic() - started
         _log_outcome(outcome, seconds)
         return Handled(envelope, outcome, seconds)
 
-    async def _call(self, message: Message) -> Outcome:
+    async def _call(self, message: Message, hold: SlotHold) -> Outcome:
         if (size := len(message.payload)) > MAX_PAYLOAD_BYTES:
             # Enqueue enforces the limit, but other producers write the tables directly: never
             # parse what no valid message can be (a 50 MB payload would stall every slot).
@@ -285,7 +284,8 @@ class Runner:
         if handler is None:
             return Reject(f"no handler for queue {message.queue!r}")
         try:
-            async with asyncio.timeout(self._budget):
+            async with asyncio.timeout(self._budget) as budget:
+                hold_slot(_BudgetedSlot(hold, budget))
                 outcome = await handler(message)
         except TimeoutError:
             return Retry(RetryReason.HANDLER_TIMEOUT, f"handler exceeded {self._budget:g}s")
@@ -298,6 +298,37 @@ class Runner:
             log.error("handler_bad_outcome", returned=type(outcome).__name__)
             return Retry(RetryReason.HANDLER_ERROR, f"handler returned {type(outcome).__name__}")
         return outcome
+
+
+class _BudgetedSlot:
+    """A handling's slot whose wait is not spent from its time budget.
+
+    A ``CallSlotHandler`` waits for its slot inside its handler, so inside its budget; for any
+    other handler the engine waits before the budget starts. Both get the budget for their
+    own work: a wave of slow calls ahead (each up to a backend's timeout) must not time out
+    the messages queued behind it, each a spent delivery.
+    """
+
+    def __init__(self, hold: SlotHold, budget: asyncio.Timeout) -> None:
+        self._hold = hold
+        self._budget = budget
+
+    @property
+    def held(self) -> bool:
+        return self._hold.held
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiting_since, deadline = loop.time(), self._budget.when()
+        self._budget.reschedule(None)  # the wait runs on no clock of the handling's
+        try:
+            await self._hold.acquire()
+        finally:
+            if deadline is not None:
+                self._budget.reschedule(deadline + loop.time() - waiting_since)
+
+    def release(self) -> None:
+        self._hold.release()
 
 
 def _message_fields(message: Message) -> dict[str, object]:
