@@ -204,37 +204,31 @@ async def test_outside_the_engine_a_provider_slot_is_nothing_to_wait_for() -> No
         pass
 
 
+@dataclass
+class CallsTaking:
+    """A ``CallSlotHandler`` whose one call takes ``seconds``."""
+
+    seconds: float
+    slot_around_calls: Literal[True] = True
+
+    async def __call__(self, message: Message) -> Outcome:
+        async with provider_slot():
+            await asyncio.sleep(self.seconds)
+        return Ok()
+
+
 async def test_waiting_for_a_slot_is_not_spent_from_the_handling_budget() -> None:
     """A CallSlotHandler's handling waits for its slot inside its handler, but the budget is
     for its own work: three calls of 0.2 s through one slot, with a 0.3 s budget, all end Ok
-    (the third waited 0.4 s for the slot; before, the engine's wait was outside the budget
-    too)."""
-
-    @dataclass
-    class SlowCalls:
-        slot_around_calls: Literal[True] = True
-
-        async def __call__(self, message: Message) -> Outcome:
-            async with provider_slot():
-                await asyncio.sleep(0.2)
-            return Ok()
-
-    runner = Runner({AQ: SlowCalls()}, Capacity(1), budget_seconds=0.3)
+    (the third waited 0.4 s for the slot; for other handlers the engine waits before the
+    budget starts)."""
+    runner = Runner({AQ: CallsTaking(0.2)}, Capacity(1), budget_seconds=0.3)
     handled = await runner.run_all(envelopes(3), asyncio.Event())
     assert [h.outcome for h in handled] == [Ok(), Ok(), Ok()]
 
 
 async def test_a_handler_still_overrunning_its_own_budget_is_stopped() -> None:
-    @dataclass
-    class Hanging:
-        slot_around_calls: Literal[True] = True
-
-        async def __call__(self, message: Message) -> Outcome:
-            async with provider_slot():
-                await asyncio.sleep(60)
-            return Ok()
-
-    runner = Runner({AQ: Hanging()}, Capacity(1), budget_seconds=0.2)
+    runner = Runner({AQ: CallsTaking(60)}, Capacity(1), budget_seconds=0.2)
     [handled] = await runner.run_all(envelopes(1), asyncio.Event())
     assert isinstance(handled.outcome, Retry)
     assert handled.outcome.reason is RetryReason.HANDLER_TIMEOUT
