@@ -131,8 +131,8 @@ class CallSlotHandler(Handler, Protocol):
 
     The slots ration provider calls. An attachment cleanup's take before its delete and its
     row write after it wait on the database (batched statements), and while they held the
-    slot, a replica at provider latency 100 ms and 64 slots reached 0.82-0.84 of its ideal
-    rate: with them outside, 0.90-0.92 (docs/PERFORMANCE.md).
+    slot, a replica at provider latency 100 ms and 64 slots reached 0.81-0.84 of its ideal
+    rate; with them outside, 0.90-0.92 (docs/PERFORMANCE.md).
     """
 
     slot_around_calls: Literal[True]

@@ -228,9 +228,9 @@ RETURNING r.id, r.locked_by, due.suspect, p.queue, p.partition, r.partition_id, 
 
 -- name: next_retry_due
 -- Seconds until the earliest parked message of these queues is due (negative: overdue; no
--- row: none parked). An idle retrier sleeps until then, not a whole poll interval: a message parked
--- for its tenant's fair turn comes back at that turn, so the route's budget is not left idle.
--- The earliest by the not_before index, as lease_due_retries reads them.
+-- row: none parked), found by the not_before index as lease_due_retries finds them. An idle
+-- retrier sleeps until then, not a whole poll interval: a message parked for its tenant's fair
+-- turn comes back at that turn, so the route's budget is not left idle.
 SELECT extract(epoch FROM r.not_before - now())::float8
 FROM cleanup_worker_retries r
 JOIN modkit_outbox_partitions p ON p.id = r.partition_id
