@@ -183,6 +183,10 @@ class Runner:
         self._handlers = handlers
         self._capacity = capacity
         self._budget = budget_seconds
+        # What each queue's handler can do, looked up once: isinstance against a runtime
+        # protocol walks its members every time (11 us per message for CallSlotHandler).
+        self._batch_handlers = {q: h for q, h in handlers.items() if isinstance(h, BatchHandler)}
+        self._around_calls = {q for q, h in handlers.items() if isinstance(h, CallSlotHandler)}
 
     async def run_all(self, envelopes: Sequence[Envelope], abort: asyncio.Event) -> list[Handled]:
         """Handle every envelope; on ``abort`` the unfinished ones end as Retry(interrupted).
@@ -223,8 +227,8 @@ class Runner:
             if not envelope.suspect and len(message.payload) <= MAX_PAYLOAD_BYTES:
                 by_queue.setdefault(message.queue, []).append(n)
         for queue, indexes in by_queue.items():
-            handler = self._handlers.get(queue)
-            if not isinstance(handler, BatchHandler):
+            handler = self._batch_handlers.get(queue)
+            if handler is None:
                 continue
             try:
                 async with asyncio.timeout(self._budget):
@@ -265,7 +269,7 @@ class Runner:
         bind_log_context(**_message_fields(message))
         if envelope.suspect:  # handled alone after a lease that ended without an ack
             bind_log_context(redelivered=True)
-        around_calls = isinstance(self._handlers.get(message.queue), CallSlotHandler)
+        around_calls = message.queue in self._around_calls
         async with self._capacity.slot(at_once=not around_calls) as hold:
             started = time.monotonic()
             outcome = await self._call(message, hold)
